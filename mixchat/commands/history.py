@@ -1,0 +1,193 @@
+"""History commands: list, show, search, export, import, rename, rm, config.
+
+Plain text output (no rich) keeps these fast; anything that came from a model
+or a user is neutralised before it reaches a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from mixchat.store import MARK_END, MARK_START, ConversationStore
+from mixchat.textsafe import neutralize
+from mixchat.transcript import TranscriptError, from_json, to_json, to_markdown, to_text
+
+SHORT_ID = 8
+
+
+def _out(text: str) -> None:
+    """Print to stdout; neutralise control characters when it is a terminal."""
+    sys.stdout.write((neutralize(text) if sys.stdout.isatty() else text) + "\n")
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def list_conversations(limit: int, as_json: bool) -> None:
+    """Print saved conversations, newest first."""
+    with ConversationStore.open() as store:
+        rows = store.list_conversations(limit=limit)
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], ensure_ascii=False))
+        return
+    if not rows:
+        print("no saved conversations yet; start one with: mixchat ask \"...\"", file=sys.stderr)
+        return
+    lines = [f"{'ID':<{SHORT_ID}}  {'UPDATED':<16}  {'MSGS':>4}  TITLE"]
+    for row in rows:
+        lines.append(
+            f"{row.id[:SHORT_ID]}  {_when(row.updated_at)}  {row.message_count:>4}  "
+            f"{_one_line(row.title, 70)}"
+        )
+    _out("\n".join(lines))
+
+
+def show_conversation(conversation_id: str, as_json: bool) -> None:
+    """Print one conversation as a transcript, or as JSON with metadata and messages."""
+    with ConversationStore.open() as store:
+        conv = store.get_conversation(conversation_id)
+    if as_json:
+        payload = {
+            "id": conv.id,
+            "title": conv.title,
+            "model": conv.model,
+            "created_at": conv.created_at,
+            "updated_at": conv.updated_at,
+            "system_prompt": conv.system_prompt,
+            "settings": conv.settings,
+            "messages": [
+                {
+                    "id": m.id,
+                    "role": m.role.value,
+                    "content": m.content,
+                    "status": m.status.value,
+                    "prompt_tokens": m.prompt_tokens,
+                    "completion_tokens": m.completion_tokens,
+                    "ttft_s": m.ttft_s,
+                    "duration_s": m.duration_s,
+                    "created_at": m.created_at,
+                }
+                for m in conv.messages
+            ],
+        }
+        print(json.dumps(payload, ensure_ascii=False))
+        return
+    _out(to_text(conv))
+
+
+def search_messages(query: str, limit: int, as_json: bool) -> None:
+    """Print messages matching ``query`` with their conversation."""
+    with ConversationStore.open() as store:
+        hits = store.search(query, limit=limit)
+    if as_json:
+        print(json.dumps([
+            {**asdict(h), "role": h.role.value,
+             "snippet": h.snippet.replace(MARK_START, "").replace(MARK_END, "")}
+            for h in hits
+        ], ensure_ascii=False))
+        return
+    if not hits:
+        print("no matches", file=sys.stderr)
+        return
+    tty = sys.stdout.isatty()
+    lines = []
+    for hit in hits:
+        snippet = _one_line(neutralize(hit.snippet) if tty else hit.snippet, 200)
+        start, end = ("\x1b[1m", "\x1b[0m") if tty else ("", "")
+        snippet = snippet.replace(MARK_START, start).replace(MARK_END, end)
+        title = _one_line(neutralize(hit.title) if tty else hit.title, 50)
+        lines.append(f"{hit.conversation_id[:SHORT_ID]}  {title}  [{hit.role.value}] {snippet}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def export_conversation(conversation_id: str, fmt: str, output: Path | None) -> None:
+    """Write a conversation as Markdown or JSON to ``output`` or stdout."""
+    if fmt not in ("md", "json"):
+        raise TranscriptError(f"--format {fmt}: expected md or json")
+    with ConversationStore.open() as store:
+        conv = store.get_conversation(conversation_id)
+    text = (
+        json.dumps(to_json(conv), ensure_ascii=False, indent=2) + "\n"
+        if fmt == "json"
+        else to_markdown(conv) + "\n"
+    )
+    if output is None:
+        if sys.stdout.isatty():
+            text = neutralize(text)
+        sys.stdout.write(text)
+        return
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", errors="surrogatepass")
+        tmp.replace(output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TranscriptError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    print(f"exported {conv.id[:SHORT_ID]} to {output}", file=sys.stderr)
+
+
+def import_conversation(file: Path) -> None:
+    """Import a JSON export (or an OpenAI ``messages`` list) as a new conversation."""
+    try:
+        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as exc:
+        raise TranscriptError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TranscriptError(f"{file}: not valid JSON: {exc}") from None
+    try:
+        conv = from_json(data)
+    except TranscriptError as exc:
+        raise TranscriptError(f"{file}: {exc}") from None
+    with ConversationStore.open() as store:
+        saved = store.import_conversation(conv)
+    print(saved.id)
+
+
+def rename_conversation(conversation_id: str, title: str) -> None:
+    """Set a conversation's title."""
+    if not title.strip():
+        raise TranscriptError("the title is empty")
+    with ConversationStore.open() as store:
+        store.rename(conversation_id, title)
+
+
+def remove_conversation(conversation_id: str) -> None:
+    """Delete a conversation and its messages (and their search index entries)."""
+    with ConversationStore.open() as store:
+        full = store.resolve_id(conversation_id)
+        store.delete(full)
+    print(f"deleted {full[:SHORT_ID]}", file=sys.stderr)
+
+
+def show_config(as_json: bool) -> None:
+    """Print the settings in effect and where files live."""
+    from mixchat import paths
+    from mixchat.config import FIELDS, load_settings
+
+    settings = load_settings()
+    where = {
+        "config_file": str(paths.config_file()),
+        "database": str(paths.database_file()),
+        "themes_dir": str(paths.user_themes_dir()),
+        "cache_dir": str(paths.cache_dir()),
+    }
+    if as_json:
+        print(json.dumps({"settings": asdict(settings), "paths": where}, ensure_ascii=False))
+        return
+    lines = [f"{k:<12} {v}" for k, v in where.items()]
+    lines.append("")
+    for name, field in FIELDS.items():
+        lines.append(f"{name:<19} = {getattr(settings, name)!r:<40} # {field.doc}")
+    _out("\n".join(lines))

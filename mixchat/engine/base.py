@@ -1,0 +1,137 @@
+"""The engine protocol: how the UI and the CLI talk to the thread that owns a model.
+
+``Engine.stream(messages, params, cancel)`` yields events: ``LoadProgress`` while
+weights load, ``ContextTrimmed`` when old turns had to be dropped, ``TextDelta``
+for each piece of text, then ``Usage`` and ``Finished`` (or ``Failed``). A
+cancel is a ``threading.Event``; setting it stops generation within one token
+and leaves the engine ready for the next request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from mixchat.conversation import Message
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings for one reply. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is loaded and how; shown in the status bar and in ``ask --json``."""
+
+    model_id: str
+    dtype: str
+    quantization: str
+    attention: str
+    device: str
+    weight_bytes: int
+    context_size: int
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Loading advanced: ``stage`` is e.g. 'tokenizer', 'weights'; done/total in its units."""
+
+    stage: str
+    done: int
+    total: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that is not an error (e.g. a fallback)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    """The oldest ``dropped_messages`` messages were left out to fit the context window."""
+
+    dropped_messages: int
+    prompt_tokens: int
+    context_size: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New reply text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts and timings of a reply."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None
+    duration_s: float
+    tokens_per_s: float | None
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The reply ended normally (``stop``/``length``) or was cancelled."""
+
+    reason: FinishReason
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request failed; ``message`` is one line meant for the user."""
+
+    message: str
+    kind: str = "error"
+
+
+Event = LoadProgress | Notice | ContextTrimmed | TextDelta | Usage | Finished | Failed
+
+
+class EngineError(Exception):
+    """A problem the user can fix (model missing, bad option); message is one line."""
+
+
+class Engine(Protocol):
+    """What the UI and CLI need from a model backend."""
+
+    def load(self) -> Iterator[LoadProgress | Notice]:
+        """Load the model (idempotent), yielding progress; raises ``EngineError``."""
+        ...
+
+    def info(self) -> ModelInfo:
+        """Describe the loaded model (only valid after ``load``)."""
+        ...
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        system_prompt: str | None,
+        params: GenerationParams,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
+        """Generate a reply to ``messages`` (ending with the user's), yielding events."""
+        ...
+
+    def close(self) -> None:
+        """Stop the model thread and free the model."""
+        ...

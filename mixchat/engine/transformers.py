@@ -1,0 +1,234 @@
+"""The local engine: one background thread owns a transformers model.
+
+Callers submit jobs (load, generate) and read events from a per-job queue, so
+the UI thread never blocks on the model and the model is only ever touched by
+its own thread. torch and transformers are imported inside that thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mixchat.config import Settings
+from mixchat.conversation import Message
+from mixchat.engine.base import (
+    ContextTrimmed,
+    EngineError,
+    Event,
+    Failed,
+    Finished,
+    GenerationParams,
+    LoadProgress,
+    ModelInfo,
+    Notice,
+    TextDelta,
+    Usage,
+)
+from mixchat.engine.tokenizer import ChatTokenizer
+from mixchat.prompt import PromptError
+
+_DONE = object()
+
+
+@dataclass
+class _Job:
+    run: Callable[[Callable[[Any], None]], None]
+    events: queue.Queue[Any]
+    cancel: threading.Event
+
+
+class TransformersEngine:
+    """A Hugging Face transformers model behind the ``Engine`` protocol."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="mixchat-model", daemon=True)
+        self._thread.start()
+        self._model_dir: Any = None
+        self._tokenizer: ChatTokenizer | None = None
+        self._model: Any = None
+        self._info: ModelInfo | None = None
+
+    # -- the model thread -------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job.run(job.events.put)
+            except EngineError as exc:
+                job.events.put(Failed(str(exc), kind="engine"))
+            except Exception as exc:  # keep the thread alive for the next job
+                job.events.put(Failed(_one_line(exc), kind=type(exc).__name__))
+            finally:
+                job.events.put(_DONE)
+
+    def _submit(self, run: Callable[[Callable[[Any], None]], None], cancel: threading.Event) -> Iterator[Any]:
+        job = _Job(run, queue.Queue(), cancel)
+        self._jobs.put(job)
+        finished = False
+        try:
+            while True:
+                try:
+                    item = job.events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished:
+                self._abandon(job)
+
+    @staticmethod
+    def _abandon(job: _Job) -> None:
+        """The caller stopped listening (Ctrl-C, closed generator): stop the job
+        and wait for the model thread to let go of it."""
+        job.cancel.set()
+        while True:
+            try:
+                item = job.events.get(timeout=5)
+            except queue.Empty:
+                return
+            if item is _DONE:
+                return
+
+    # -- loading ----------------------------------------------------------
+
+    def load_tokenizer(self) -> ChatTokenizer:
+        """Resolve the model and load only its tokenizer (no weights)."""
+        if self._tokenizer is None:
+            from mixchat.engine.resolve import resolve_model_dir
+
+            self._model_dir = resolve_model_dir(self.settings.model)
+            self._tokenizer = ChatTokenizer(
+                self._model_dir, trust_remote_code=self.settings.trust_remote_code
+            )
+        return self._tokenizer
+
+    def load(self) -> Iterator[LoadProgress | Notice]:
+        """Load tokenizer and weights on the model thread, yielding progress."""
+        for event in self._submit(self._load_job, threading.Event()):
+            if isinstance(event, Failed):
+                raise EngineError(event.message)
+            yield event
+
+    def _load_job(self, emit: Callable[[Any], None]) -> None:
+        if self._model is not None:
+            return
+        from mixchat.engine.loader import load_model
+        from mixchat.engine.resolve import resolve_model_dir
+
+        def progress(stage: str, done: int, total: int) -> None:
+            emit(LoadProgress(stage, done, total))
+
+        emit(LoadProgress("resolve", 0, 1, self.settings.model))
+        self._model_dir = resolve_model_dir(self.settings.model, progress)
+        emit(LoadProgress("tokenizer", 0, 1))
+        self._tokenizer = ChatTokenizer(
+            self._model_dir, trust_remote_code=self.settings.trust_remote_code
+        )
+        emit(LoadProgress("tokenizer", 1, 1))
+        loaded = load_model(self._model_dir, self.settings, progress, emit_notice=lambda m: emit(Notice(m)))
+        self._model = loaded.model
+        self._info = ModelInfo(
+            model_id=self.settings.model,
+            dtype=loaded.dtype,
+            quantization=loaded.quantization,
+            attention=loaded.attention,
+            device=loaded.device,
+            weight_bytes=loaded.weight_bytes,
+            context_size=self._tokenizer.context_size,
+        )
+
+    def info(self) -> ModelInfo:
+        """What is loaded; valid after ``load``."""
+        if self._info is None:
+            raise EngineError("the model is not loaded")
+        return self._info
+
+    # -- generation -------------------------------------------------------
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        system_prompt: str | None,
+        params: GenerationParams,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
+        """Generate a reply on the model thread, yielding events as they happen."""
+        started = time.perf_counter()
+        need_load = self._model is None
+        if need_load:
+            yield from self._submit(self._load_job, threading.Event())
+            if self._model is None:
+                return
+
+        def run(emit: Callable[[Any], None]) -> None:
+            self._generate(emit, messages, system_prompt, params, cancel, started)
+
+        yield from self._submit(run, cancel)
+
+    def _generate(
+        self,
+        emit: Callable[[Any], None],
+        messages: Sequence[Message],
+        system_prompt: str | None,
+        params: GenerationParams,
+        cancel: threading.Event,
+        started: float,
+    ) -> None:
+        import torch
+
+        from mixchat.engine.generation import run_generate
+
+        assert self._tokenizer is not None
+        try:
+            prompt = self._tokenizer.build(messages, system_prompt, params.max_new_tokens)
+        except PromptError as exc:
+            emit(Failed(str(exc), kind="prompt"))
+            return
+        if prompt.dropped_messages:
+            emit(ContextTrimmed(prompt.dropped_messages, len(prompt.ids), self._tokenizer.context_size))
+        if cancel.is_set():
+            emit(Finished("cancelled"))
+            return
+        try:
+            result = run_generate(
+                self._model, self._tokenizer, prompt.ids, params, cancel, started,
+                lambda text: emit(TextDelta(text)),
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            emit(Failed("out of GPU memory: try --4bit, a shorter conversation or fewer --max-tokens", kind="oom"))
+            return
+        emit(
+            Usage(
+                prompt_tokens=len(prompt.ids),
+                completion_tokens=result.completion_tokens,
+                ttft_s=result.ttft_s,
+                duration_s=result.duration_s,
+                tokens_per_s=result.tokens_per_s,
+            )
+        )
+        emit(Finished(result.reason))
+
+    def close(self) -> None:
+        """Stop the model thread and drop the model."""
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+        self._model = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,166 @@
+"""Pure (de)serialization of conversations: JSON export/import, Markdown, plain transcripts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mixchat.conversation import Conversation, Message, Role, Status
+
+FORMAT_NAME = "mixchat.conversation"
+FORMAT_VERSION = 1
+
+
+class TranscriptError(ValueError):
+    """An import file does not hold a conversation we can read."""
+
+
+def to_json(conv: Conversation) -> dict[str, Any]:
+    """OpenAI-style ``messages`` plus mixchat's metadata, loss-free for ``from_json``."""
+    messages: list[dict[str, Any]] = []
+    if conv.system_prompt:
+        messages.append({"role": "system", "content": conv.system_prompt})
+    for msg in conv.messages:
+        item: dict[str, Any] = {"role": msg.role.value, "content": msg.content}
+        meta = {
+            "status": msg.status.value,
+            "created_at": msg.created_at,
+            "prompt_tokens": msg.prompt_tokens,
+            "completion_tokens": msg.completion_tokens,
+            "ttft_s": msg.ttft_s,
+            "duration_s": msg.duration_s,
+        }
+        item["mixchat"] = {k: v for k, v in meta.items() if v is not None}
+        messages.append(item)
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "id": conv.id,
+        "title": conv.title,
+        "model": conv.model,
+        "created_at": conv.created_at,
+        "updated_at": conv.updated_at,
+        "system_prompt": conv.system_prompt,
+        "settings": conv.settings,
+        "messages": messages,
+    }
+
+
+def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = data.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise TranscriptError(f"field {key!r} has the wrong type")
+    return value
+
+
+def from_json(data: Any) -> Conversation:
+    """Read a conversation exported by ``to_json`` or a plain OpenAI ``messages`` list."""
+    if isinstance(data, list):
+        data = {"messages": data}
+    if not isinstance(data, dict):
+        raise TranscriptError("expected a JSON object with a 'messages' list")
+    raw_messages = data.get("messages")
+    if not isinstance(raw_messages, list):
+        raise TranscriptError("expected a 'messages' list")
+    now = time.time()
+    system_prompt = _field(data, "system_prompt", str, None)
+    messages: list[Message] = []
+    for index, item in enumerate(raw_messages):
+        if not isinstance(item, dict):
+            raise TranscriptError(f"message {index} is not an object")
+        role = item.get("role")
+        content = item.get("content")
+        if not isinstance(content, str):
+            raise TranscriptError(f"message {index}: 'content' must be a string")
+        if role == "system":
+            if system_prompt is None:
+                system_prompt = content
+            continue
+        if role not in ("user", "assistant"):
+            raise TranscriptError(f"message {index}: unknown role {role!r}")
+        meta = item.get("mixchat") or {}
+        if not isinstance(meta, dict):
+            raise TranscriptError(f"message {index}: 'mixchat' must be an object")
+        try:
+            status = Status(meta.get("status", "complete"))
+        except ValueError:
+            raise TranscriptError(f"message {index}: unknown status {meta.get('status')!r}") from None
+        messages.append(
+            Message(
+                role=Role(role),
+                content=content,
+                status=status,
+                prompt_tokens=_opt_int(meta, "prompt_tokens", index),
+                completion_tokens=_opt_int(meta, "completion_tokens", index),
+                ttft_s=_opt_float(meta, "ttft_s", index),
+                duration_s=_opt_float(meta, "duration_s", index),
+                created_at=_opt_float(meta, "created_at", index) or now,
+            )
+        )
+    if not messages:
+        raise TranscriptError("the conversation has no messages")
+    settings = _field(data, "settings", dict, {})
+    return Conversation(
+        id=str(_field(data, "id", str, "")),
+        title=str(_field(data, "title", str, "")),
+        created_at=float(_field(data, "created_at", (int, float), now)),
+        updated_at=float(_field(data, "updated_at", (int, float), now)),
+        model=str(_field(data, "model", str, "")),
+        system_prompt=system_prompt,
+        settings=settings,
+        messages=messages,
+    )
+
+
+def _opt_int(meta: dict[str, Any], key: str, index: int) -> int | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TranscriptError(f"message {index}: {key} must be a whole number")
+    return value
+
+
+def _opt_float(meta: dict[str, Any], key: str, index: int) -> float | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TranscriptError(f"message {index}: {key} must be a number")
+    return float(value)
+
+
+def _stamp(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+_STATUS_NOTE = {Status.INTERRUPTED: " (interrupted)", Status.ERROR: " (error)"}
+
+
+def to_markdown(conv: Conversation) -> str:
+    """A readable Markdown document of the conversation."""
+    lines = [f"# {conv.title or '(untitled)'}", ""]
+    lines.append(f"- id: `{conv.id}`")
+    if conv.model:
+        lines.append(f"- model: `{conv.model}`")
+    lines.append(f"- created: {_stamp(conv.created_at)}")
+    lines.append("")
+    if conv.system_prompt:
+        lines += ["## System", "", conv.system_prompt, ""]
+    for msg in conv.messages:
+        heading = "User" if msg.role is Role.USER else "Assistant"
+        lines += [f"## {heading}{_STATUS_NOTE.get(msg.status, '')}", "", msg.content, ""]
+    return "\n".join(lines)
+
+
+def to_text(conv: Conversation) -> str:
+    """A plain transcript for ``mixchat show``."""
+    out = [conv.title or "(untitled)", f"id {conv.id}  model {conv.model or '?'}  "
+           f"created {_stamp(conv.created_at)}", ""]
+    if conv.system_prompt:
+        out += ["--- system ---", conv.system_prompt, ""]
+    for msg in conv.messages:
+        out += [f"--- {msg.role.value}{_STATUS_NOTE.get(msg.status, '')} ---", msg.content, ""]
+    return "\n".join(out)
