@@ -1,0 +1,98 @@
+"""A scripted engine for tests and demos: queued replies, controllable timing.
+
+It follows the same protocol as the real engine, including cancel, so UI and
+session behaviour can be tested without a model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from mixchat.conversation import Message
+from mixchat.engine.base import (
+    Event,
+    Failed,
+    Finished,
+    GenerationParams,
+    LoadProgress,
+    ModelInfo,
+    Notice,
+    TextDelta,
+    Usage,
+)
+
+
+@dataclass
+class ScriptedReply:
+    """One reply: text pieces streamed with ``delay_s`` between them, or a failure."""
+
+    pieces: list[str]
+    delay_s: float = 0.0
+    fail_with: str | None = None
+    gate: threading.Event | None = None  # if set, waits for it before each piece
+
+
+@dataclass
+class ScriptedEngine:
+    """Replays queued replies; records what it was asked."""
+
+    replies: deque[ScriptedReply] = field(default_factory=deque)
+    load_delay_s: float = 0.0
+    requests: list[tuple[list[Message], str | None, GenerationParams]] = field(
+        default_factory=list
+    )
+
+    def queue(self, *pieces: str, delay_s: float = 0.0, fail_with: str | None = None,
+              gate: threading.Event | None = None) -> None:
+        """Add a reply to the script."""
+        self.replies.append(ScriptedReply(list(pieces), delay_s, fail_with, gate))
+
+    def load(self) -> Iterator[LoadProgress | Notice]:
+        """Pretend to load in four steps."""
+        for step in range(1, 5):
+            time.sleep(self.load_delay_s / 4)
+            yield LoadProgress("weights", step, 4)
+
+    def info(self) -> ModelInfo:
+        """A fixed description."""
+        return ModelInfo("scripted", "none", "none", "none", "cpu", 0, 32768)
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        system_prompt: str | None,
+        params: GenerationParams,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
+        """Stream the next queued reply (or an echo of the last message)."""
+        self.requests.append((list(messages), system_prompt, params))
+        reply = self.replies.popleft() if self.replies else ScriptedReply(
+            [f"echo: {messages[-1].content}"]
+        )
+        started = time.perf_counter()
+        count = 0
+        for piece in reply.pieces:
+            if reply.gate is not None:
+                while not reply.gate.wait(0.01):
+                    if cancel.is_set():
+                        break
+            if cancel.is_set():
+                yield Finished("cancelled")
+                return
+            if reply.delay_s:
+                time.sleep(reply.delay_s)
+            count += 1
+            yield TextDelta(piece)
+        if reply.fail_with is not None:
+            yield Failed(reply.fail_with)
+            return
+        elapsed = time.perf_counter() - started
+        yield Usage(len(messages), count, 0.0, elapsed, None)
+        yield Finished("stop")
+
+    def close(self) -> None:
+        """Nothing to free."""

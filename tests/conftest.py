@@ -1,0 +1,31 @@
+"""Shared fixtures: an isolated MIXCHAT_HOME for every test, and the tiny Mixtral."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def mixchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every test at its own data, config and cache directories."""
+    home = tmp_path / "mixchat-home"
+    monkeypatch.setenv("MIXCHAT_HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith("MIXCHAT_") and name != "MIXCHAT_HOME":
+            monkeypatch.delenv(name)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight MixtralForCausalLM with the real v1 tokenizer, built once."""
+    from tests.tiny_model import build_tiny_mixtral
+
+    return build_tiny_mixtral(tmp_path_factory.mktemp("tiny-mixtral"))
