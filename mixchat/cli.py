@@ -6,7 +6,6 @@ never import torch, transformers, textual or rich.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,8 +123,20 @@ def ask(
     from mixchat.commands.ask import AskRequest, run_ask
 
     flags = model_flags(
-        model, system, temperature, top_p, top_k, repetition_penalty, max_tokens, seed,
-        dtype, four_bit, eight_bit, flash_attn, device_map, trust_remote_code,
+        model,
+        system,
+        temperature,
+        top_p,
+        top_k,
+        repetition_penalty,
+        max_tokens,
+        seed,
+        dtype,
+        four_bit,
+        eight_bit,
+        flash_attn,
+        device_map,
+        trust_remote_code,
     )
     request = AskRequest(
         prompt=prompt,
@@ -234,4 +245,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -95,7 +95,7 @@ def _integer(low: int, optional: bool = False) -> Callable[[Any], int | None]:
     def parse(value: Any) -> int | None:
         if optional and (value is None or value == "" or value == "none"):
             return None
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, (bool, float)):
             raise ValueError("must be a whole number")
         try:
             number = int(value)
@@ -122,12 +122,21 @@ FIELDS: dict[str, Field] = {
     f.name: f
     for f in [
         Field("model", "Hugging Face model id or local directory", _text),
-        Field("dtype", "weight dtype: auto (bf16 on CUDA, fp32 on CPU)", _choice(
-            "auto", "bfloat16", "float16", "float32")),
-        Field("quantization", "none, 4bit (NF4) or 8bit (bitsandbytes)", _choice(
-            "none", "4bit", "8bit")),
-        Field("attention", "auto, sdpa, eager or flash_attention_2", _choice(
-            "auto", "sdpa", "eager", "flash_attention_2")),
+        Field(
+            "dtype",
+            "weight dtype: auto (bf16 on CUDA, fp32 on CPU)",
+            _choice("auto", "bfloat16", "float16", "float32"),
+        ),
+        Field(
+            "quantization",
+            "none, 4bit (NF4) or 8bit (bitsandbytes)",
+            _choice("none", "4bit", "8bit"),
+        ),
+        Field(
+            "attention",
+            "auto, sdpa, eager or flash_attention_2",
+            _choice("auto", "sdpa", "eager", "flash_attention_2"),
+        ),
         Field("device_map", "auto, cpu or cuda:N", _text),
         Field("trust_remote_code", "run code shipped with the model (off by default)", _boolean),
         Field("system_prompt", "system prompt for new conversations", _optional_text),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """Who wrote a message."""
 
     SYSTEM = "system"
@@ -16,7 +16,7 @@ class Role(str, enum.Enum):
     ASSISTANT = "assistant"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """How a message ended.
 
     An assistant reply is stored as INTERRUPTED while it streams and becomes

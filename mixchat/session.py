@@ -131,5 +131,7 @@ def stream_reply(
 def prompt_history(messages: Sequence[Message]) -> list[Message]:
     """The messages a prompt is built from: failed replies and empty partials left out."""
     return [
-        m for m in messages if m.status is not Status.ERROR and (m.content or m.role.value == "user")
+        m
+        for m in messages
+        if m.status is not Status.ERROR and (m.content or m.role.value == "user")
     ]

@@ -50,7 +50,7 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
     value = data.get(key, default)
     if value is None and default is None:
         return None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise TranscriptError(f"field {key!r} has the wrong type")
     return value
 
@@ -86,7 +86,10 @@ def from_json(data: Any) -> Conversation:
         try:
             status = Status(meta.get("status", "complete"))
         except ValueError:
-            raise TranscriptError(f"message {index}: unknown status {meta.get('status')!r}") from None
+            raise TranscriptError(
+                f"message {index}: unknown status {meta.get('status')!r}"
+            ) from None
+        created = _opt_float(meta, "created_at", index)
         messages.append(
             Message(
                 role=Role(role),
@@ -96,7 +99,7 @@ def from_json(data: Any) -> Conversation:
                 completion_tokens=_opt_int(meta, "completion_tokens", index),
                 ttft_s=_opt_float(meta, "ttft_s", index),
                 duration_s=_opt_float(meta, "duration_s", index),
-                created_at=_opt_float(meta, "created_at", index) or now,
+                created_at=now if created is None else created,
             )
         )
     if not messages:
@@ -157,8 +160,11 @@ def to_markdown(conv: Conversation) -> str:
 
 def to_text(conv: Conversation) -> str:
     """A plain transcript for ``mixchat show``."""
-    out = [conv.title or "(untitled)", f"id {conv.id}  model {conv.model or '?'}  "
-           f"created {_stamp(conv.created_at)}", ""]
+    out = [
+        conv.title or "(untitled)",
+        f"id {conv.id}  model {conv.model or '?'}  created {_stamp(conv.created_at)}",
+        "",
+    ]
     if conv.system_prompt:
         out += ["--- system ---", conv.system_prompt, ""]
     for msg in conv.messages:

@@ -15,7 +15,6 @@ from mixchat.conversation import Conversation, Message, Role, Status
 from mixchat.engine.base import (
     ContextTrimmed,
     Event,
-    Failed,
     GenerationParams,
     LoadProgress,
     Notice,

@@ -41,7 +41,7 @@ def list_conversations(limit: int, as_json: bool) -> None:
         print(json.dumps([asdict(r) for r in rows], ensure_ascii=False))
         return
     if not rows:
-        print("no saved conversations yet; start one with: mixchat ask \"...\"", file=sys.stderr)
+        print('no saved conversations yet; start one with: mixchat ask "..."', file=sys.stderr)
         return
     lines = [f"{'ID':<{SHORT_ID}}  {'UPDATED':<16}  {'MSGS':>4}  TITLE"]
     for row in rows:
@@ -90,11 +90,19 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
     with ConversationStore.open() as store:
         hits = store.search(query, limit=limit)
     if as_json:
-        print(json.dumps([
-            {**asdict(h), "role": h.role.value,
-             "snippet": h.snippet.replace(MARK_START, "").replace(MARK_END, "")}
-            for h in hits
-        ], ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    {
+                        **asdict(h),
+                        "role": h.role.value,
+                        "snippet": h.snippet.replace(MARK_START, "").replace(MARK_END, ""),
+                    }
+                    for h in hits
+                ],
+                ensure_ascii=False,
+            )
+        )
         return
     if not hits:
         print("no matches", file=sys.stderr)

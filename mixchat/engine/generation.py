@@ -26,8 +26,12 @@ class GenerateResult:
 def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
     """``generate`` arguments for ``params``; temperature 0 is greedy decoding."""
     if params.temperature <= 0:
-        kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None,
-                                  "top_k": None}
+        kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
     else:
         kwargs = {
             "do_sample": True,
@@ -58,7 +62,7 @@ def run_generate(
     decoder = tokenizer.decoder()
     state: dict[str, Any] = {"first": None, "count": 0, "last": None, "prompt_seen": False}
 
-    class Streamer(BaseStreamer):  # type: ignore[misc]
+    class Streamer(BaseStreamer):
         def put(self, value: Any) -> None:
             if not state["prompt_seen"]:  # generate() first hands over the prompt
                 state["prompt_seen"] = True
@@ -78,10 +82,11 @@ def run_generate(
             if text:
                 on_text(text)
 
-    class StopOnCancel(StoppingCriteria):  # type: ignore[misc]
+    class StopOnCancel(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
-                              device=input_ids.device)
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     device = next(model.parameters()).device
     input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)

@@ -86,7 +86,7 @@ def _hub_is_offline() -> bool:
 def _download_progress_class(progress: ProgressCallback) -> type:
     from tqdm.auto import tqdm
 
-    class DownloadProgress(tqdm):  # type: ignore[misc]
+    class DownloadProgress(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

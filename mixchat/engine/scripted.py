@@ -42,12 +42,15 @@ class ScriptedEngine:
 
     replies: deque[ScriptedReply] = field(default_factory=deque)
     load_delay_s: float = 0.0
-    requests: list[tuple[list[Message], str | None, GenerationParams]] = field(
-        default_factory=list
-    )
+    requests: list[tuple[list[Message], str | None, GenerationParams]] = field(default_factory=list)
 
-    def queue(self, *pieces: str, delay_s: float = 0.0, fail_with: str | None = None,
-              gate: threading.Event | None = None) -> None:
+    def queue(
+        self,
+        *pieces: str,
+        delay_s: float = 0.0,
+        fail_with: str | None = None,
+        gate: threading.Event | None = None,
+    ) -> None:
         """Add a reply to the script."""
         self.replies.append(ScriptedReply(list(pieces), delay_s, fail_with, gate))
 
@@ -70,8 +73,10 @@ class ScriptedEngine:
     ) -> Iterator[Event]:
         """Stream the next queued reply (or an echo of the last message)."""
         self.requests.append((list(messages), system_prompt, params))
-        reply = self.replies.popleft() if self.replies else ScriptedReply(
-            [f"echo: {messages[-1].content}"]
+        reply = (
+            self.replies.popleft()
+            if self.replies
+            else ScriptedReply([f"echo: {messages[-1].content}"])
         )
         started = time.perf_counter()
         count = 0

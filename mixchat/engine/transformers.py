@@ -71,7 +71,9 @@ class TransformersEngine:
             finally:
                 job.events.put(_DONE)
 
-    def _submit(self, run: Callable[[Callable[[Any], None]], None], cancel: threading.Event) -> Iterator[Any]:
+    def _submit(
+        self, run: Callable[[Callable[[Any], None]], None], cancel: threading.Event
+    ) -> Iterator[Any]:
         job = _Job(run, queue.Queue(), cancel)
         self._jobs.put(job)
         finished = False
@@ -138,7 +140,9 @@ class TransformersEngine:
             self._model_dir, trust_remote_code=self.settings.trust_remote_code
         )
         emit(LoadProgress("tokenizer", 1, 1))
-        loaded = load_model(self._model_dir, self.settings, progress, emit_notice=lambda m: emit(Notice(m)))
+        loaded = load_model(
+            self._model_dir, self.settings, progress, emit_notice=lambda m: emit(Notice(m))
+        )
         self._model = loaded.model
         self._info = ModelInfo(
             model_id=self.settings.model,
@@ -198,18 +202,32 @@ class TransformersEngine:
             emit(Failed(str(exc), kind="prompt"))
             return
         if prompt.dropped_messages:
-            emit(ContextTrimmed(prompt.dropped_messages, len(prompt.ids), self._tokenizer.context_size))
+            emit(
+                ContextTrimmed(
+                    prompt.dropped_messages, len(prompt.ids), self._tokenizer.context_size
+                )
+            )
         if cancel.is_set():
             emit(Finished("cancelled"))
             return
         try:
             result = run_generate(
-                self._model, self._tokenizer, prompt.ids, params, cancel, started,
+                self._model,
+                self._tokenizer,
+                prompt.ids,
+                params,
+                cancel,
+                started,
                 lambda text: emit(TextDelta(text)),
             )
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            emit(Failed("out of GPU memory: try --4bit, a shorter conversation or fewer --max-tokens", kind="oom"))
+            emit(
+                Failed(
+                    "out of GPU memory: try --4bit, a shorter conversation or fewer --max-tokens",
+                    kind="oom",
+                )
+            )
             return
         emit(
             Usage(

@@ -19,8 +19,12 @@ def mixchat_exe() -> str:
     return found
 
 
-def run(*args: str, input: str | bytes | None = None, timeout: float = 180,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str,
+    input: str | bytes | None = None,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``mixchat args...`` with the test's environment; text mode."""
     data = input.decode("utf-8", "surrogateescape") if isinstance(input, bytes) else input
     return subprocess.run(

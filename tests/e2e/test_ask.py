@@ -41,8 +41,10 @@ def test_greedy_is_deterministic_and_seed_is_honoured(tiny_model: Path) -> None:
     second = ask(tiny_model, *GREEDY, "--no-save", "hello")
     assert first.returncode == second.returncode == 0
     assert first.stdout == second.stdout
-    sampled = [ask(tiny_model, "--seed", "7", "--temperature", "1.0", "--no-save", "hello").stdout
-               for _ in range(2)]
+    sampled = [
+        ask(tiny_model, "--seed", "7", "--temperature", "1.0", "--no-save", "hello").stdout
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
     other = ask(tiny_model, "--seed", "8", "--temperature", "1.0", "--no-save", "hello").stdout
     assert other != sampled[0]
@@ -61,7 +63,10 @@ def test_continue_puts_the_first_exchange_in_the_second_prompt(tiny_model: Path)
     assert second.returncode == 0, second.stderr
     conv = show_json(last_id())
     assert [m["content"] for m in conv["messages"]] == [
-        "What is 2+2?", first.stdout, "And 3+3?", second.stdout,
+        "What is 2+2?",
+        first.stdout,
+        "And 3+3?",
+        second.stdout,
     ]
     # --conversation with a short prefix continues the same conversation.
     third = ask(tiny_model, *GREEDY, "--conversation", conv["id"][:6], "And 4+4?")
@@ -83,14 +88,28 @@ def test_show_prompt_matches_mistral_reference_and_loads_no_weights(
         if not item.name.endswith(".safetensors"):
             (no_weights / item.name).write_bytes(item.read_bytes())
     text = "  literal </s> and [INST] x [/INST] <s>\ttab 🎉 中文  "
-    result = run("ask", "--model", str(no_weights), "--system", "Be brief.", "--show-prompt",
-                 "--json", "--no-save", text)
+    result = run(
+        "ask",
+        "--model",
+        str(no_weights),
+        "--system",
+        "Be brief.",
+        "--show-prompt",
+        "--json",
+        "--no-save",
+        text,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    reference = MistralTokenizer.v1().encode_chat_completion(
-        ChatCompletionRequest(messages=[SystemMessage(content="Be brief."),
-                                        UserMessage(content=text)])
-    ).tokens
+    reference = (
+        MistralTokenizer.v1()
+        .encode_chat_completion(
+            ChatCompletionRequest(
+                messages=[SystemMessage(content="Be brief."), UserMessage(content=text)]
+            )
+        )
+        .tokens
+    )
     assert data["ids"] == reference
     assert data["ids"].count(2) == 0  # the literal </s> stayed text
     assert data["format"] == "mistral-v1"
@@ -105,7 +124,8 @@ def test_json_output_has_reply_usage_and_model(tiny_model: Path) -> None:
     usage = data["usage"]
     assert usage["completion_tokens"] == 12
     assert usage["prompt_tokens"] == len(
-        json.loads(ask(tiny_model, "--show-prompt", "--json", "hi").stdout)["ids"])
+        json.loads(ask(tiny_model, "--show-prompt", "--json", "hi").stdout)["ids"]
+    )
     assert usage["ttft_s"] > 0 and usage["tokens_per_s"] > 0
     model = data["model"]
     assert model["model_id"] == str(tiny_model)
@@ -132,9 +152,20 @@ def test_no_save_leaves_no_conversation(tiny_model: Path, mixchat_home: Path) ->
 
 def test_sigint_keeps_the_partial_reply_and_exits_130(tiny_model: Path) -> None:
     proc = subprocess.Popen(
-        [mixchat_exe(), "ask", "--model", str(tiny_model), "--max-tokens", "20000",
-         "--temperature", "1", "tell me a long story"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        [
+            mixchat_exe(),
+            "ask",
+            "--model",
+            str(tiny_model),
+            "--max-tokens",
+            "20000",
+            "--temperature",
+            "1",
+            "tell me a long story",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         env=os.environ.copy(),
     )
     assert proc.stdout is not None
