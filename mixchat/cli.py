@@ -83,10 +83,55 @@ def model_flags(
 
 
 @app.callback(invoke_without_command=True)
-def main_callback(ctx: typer.Context) -> None:
-    """Chat with Mixtral-8x7B-Instruct on your own hardware."""
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
+@handle_errors
+def main_callback(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    repetition_penalty: RepOpt = None,
+    max_tokens: MaxTokOpt = None,
+    seed: SeedOpt = None,
+    dtype: DtypeOpt = None,
+    four_bit: Q4Opt = False,
+    eight_bit: Q8Opt = False,
+    flash_attn: FlashOpt = False,
+    device_map: DeviceOpt = None,
+    trust_remote_code: RemoteOpt = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", "-r", help="Open conversation ID (prefix ok).")
+    ] = None,
+    continue_last: Annotated[
+        bool, typer.Option("--continue", "-c", help="Open the last conversation.")
+    ] = False,
+) -> None:
+    """Chat with Mixtral-8x7B-Instruct on your own hardware.
+
+    With no command, opens the interactive app (F1 lists its keys).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mixchat.commands.interactive import run_interactive
+
+    flags = model_flags(
+        model,
+        system,
+        temperature,
+        top_p,
+        top_k,
+        repetition_penalty,
+        max_tokens,
+        seed,
+        dtype,
+        four_bit,
+        eight_bit,
+        flash_attn,
+        device_map,
+        trust_remote_code,
+    )
+    raise typer.Exit(run_interactive(flags, resume, continue_last))
 
 
 @app.command()

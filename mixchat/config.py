@@ -165,6 +165,12 @@ def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settin
     return replace(settings, **changes)
 
 
+def apply_values(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
+    """Validate ``values`` (as typed by a user) and apply them; ``ConfigError`` names
+    the key and ``source``."""
+    return _apply(settings, values, source)
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Read the settings table of a TOML file; a missing file is empty."""
     try:
@@ -205,3 +211,32 @@ def load_settings(
     for key, value in given.items():
         settings = _apply(settings, {key: value}, f"--{key.replace('_', '-')}")
     return settings
+
+
+def save_setting(key: str, value: str, path: Path | None = None) -> None:
+    """Set one top-level string setting in ``config.toml``, keeping the rest of the file.
+
+    The file is rewritten atomically; an unreadable or invalid file is left alone
+    (``ConfigError``).
+    """
+    import json
+    import re
+
+    if key not in FIELDS:
+        raise ConfigError(f"unknown setting {key!r}")
+    target = path or paths.config_file()
+    read_toml(target)  # refuse to edit a file we cannot parse
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    line = f"{key} = {json.dumps(value, ensure_ascii=False)}"
+    pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.MULTILINE)
+    table = re.search(r"^\s*\[", text, re.MULTILINE)
+    head = text[: table.start()] if table else text
+    head = pattern.sub(lambda _: line, head, count=1) if pattern.search(head) else f"{line}\n{head}"
+    new_text = head + (text[table.start() :] if table else "")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    tmp.replace(target)

@@ -494,6 +494,26 @@ class ConversationStore:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @_guarded
+    def truncate_from(self, message_id: int) -> int:
+        """Delete a message and every later message of its conversation (regenerate,
+        edit and resend); returns how many were deleted."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT conversation_id, position FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no message with id {message_id}")
+            cursor = conn.execute(
+                "DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
+                (row["conversation_id"], row["position"]),
+            )
+            conn.execute(
+                "UPDATE conversations SET updated_at = ? WHERE id = ?",
+                (time.time(), row["conversation_id"]),
+            )
+            return int(cursor.rowcount)
+
+    @_guarded
     def import_conversation(self, conv: Conversation) -> Conversation:
         """Store a whole conversation; keeps its id if valid and free, else a new one."""
         with self._write() as conn:

@@ -33,7 +33,8 @@ class ScriptedReply:
     pieces: list[str]
     delay_s: float = 0.0
     fail_with: str | None = None
-    gate: threading.Event | None = None  # if set, waits for it before each piece
+    gate: threading.Event | None = None  # if set, waits for it before each piece...
+    gate_from: int = 0  # ...from this piece on
 
 
 @dataclass
@@ -50,9 +51,10 @@ class ScriptedEngine:
         delay_s: float = 0.0,
         fail_with: str | None = None,
         gate: threading.Event | None = None,
+        gate_from: int = 0,
     ) -> None:
         """Add a reply to the script."""
-        self.replies.append(ScriptedReply(list(pieces), delay_s, fail_with, gate))
+        self.replies.append(ScriptedReply(list(pieces), delay_s, fail_with, gate, gate_from))
 
     def load(self) -> Iterator[LoadProgress | Notice]:
         """Pretend to load in four steps."""
@@ -80,8 +82,8 @@ class ScriptedEngine:
         )
         started = time.perf_counter()
         count = 0
-        for piece in reply.pieces:
-            if reply.gate is not None:
+        for index, piece in enumerate(reply.pieces):
+            if reply.gate is not None and index >= reply.gate_from:
                 while not reply.gate.wait(0.01):
                     if cancel.is_set():
                         break

@@ -1,0 +1,164 @@
+"""The interactive app. Thin: it owns the store, the engine and the theme; the chat
+screen does the rest. The engine is handed in as a factory, so this module
+never imports torch or transformers; the model loads in a thread worker while
+the UI is already usable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from mixchat.config import Settings
+from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
+from mixchat.store import ConversationStore
+from mixchat.tui.messages import ModelFailed, ModelLoading, ModelNotice, ModelReady
+from mixchat.tui.screens.chat import ChatScreen
+from mixchat.tui.screens.modals import HelpScreen
+from mixchat.tui.themes import ThemeManager
+
+EngineFactory = Callable[[Settings], Engine]
+CSS_FILE = Path(__file__).with_name("mixchat.tcss")
+
+
+class MixchatApp(App[None]):
+    """Chat with a local model."""
+
+    TITLE = "mixchat"
+    CSS_PATH = CSS_FILE
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+t", "pick_theme", "Theme"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine_factory: EngineFactory,
+        store: ConversationStore,
+        resume_id: str | None = None,
+        on_theme_saved: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.engine_factory = engine_factory
+        self.store = store
+        self.resume_id = resume_id
+        self.engine: Engine | None = None
+        self.themes = ThemeManager(self, on_saved=on_theme_saved)
+
+    def get_default_screen(self) -> Screen[None]:
+        return ChatScreen(self.store, self.settings, self.resume_id)
+
+    @property
+    def chat_screen(self) -> ChatScreen:
+        screen = self.screen_stack[0] if self.screen_stack else None
+        if not isinstance(screen, ChatScreen):
+            raise RuntimeError("the chat screen is not installed")
+        return screen
+
+    async def on_mount(self) -> None:
+        self.themes.install(self.settings.theme)
+        self._load_model()
+
+    # -- the model ----------------------------------------------------------
+
+    @work(thread=True, group="load", exit_on_error=False)
+    def _load_model(self) -> None:
+        engine = self.engine_factory(self.settings)
+        try:
+            for event in engine.load():
+                if isinstance(event, LoadProgress):
+                    percent = 100 * event.done // event.total if event.total else None
+                    self.post_message(ModelLoading(event.stage, percent))
+                elif isinstance(event, Notice):
+                    self.post_message(ModelNotice(event.message))
+        except EngineError as exc:
+            engine.close()
+            self.post_message(ModelFailed(str(exc)))
+            return
+        self.engine = engine
+        self.post_message(ModelReady(engine.info()))
+
+    @on(ModelLoading)
+    def on_model_loading(self, message: ModelLoading) -> None:
+        pct = f" {message.percent}%" if message.percent is not None else ""
+        self.chat_screen.status.state = f"loading {message.stage}{pct}"
+
+    @on(ModelNotice)
+    def on_model_notice(self, message: ModelNotice) -> None:
+        self.notify(message.text, severity="warning")
+
+    @on(ModelReady)
+    def on_model_ready(self, message: ModelReady) -> None:
+        if self.engine is not None:
+            self.chat_screen.model_ready(self.engine)
+
+    @on(ModelFailed)
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.chat_screen.status.state = "error: model not loaded"
+        self.notify(message.error, title="Model failed to load", severity="error", timeout=30)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker errors end up: shown, never fatal."""
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            self.notify(f"{type(error).__name__}: {error}", title="Error", severity="error")
+
+    # -- actions ------------------------------------------------------------
+
+    def action_help(self) -> None:
+        """Show every key."""
+        self.push_screen(HelpScreen())
+
+    def action_pick_theme(self) -> None:
+        """Choose a theme (built-in mixchat themes, Textual's and your own)."""
+        self.search_themes()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat = self.chat_screen
+        commands = [
+            ("New conversation", "Start a new conversation (Ctrl+N)", chat.action_new),
+            ("Stop answer", "Stop the answer being generated (Esc)", chat.action_stop),
+            ("Regenerate", "Generate the last answer again (Ctrl+R)", chat.action_regenerate),
+            (
+                "Edit last message",
+                "Edit and resend; drops the old answer (Ctrl+L)",
+                chat.action_edit_last,
+            ),
+            ("Copy last answer", "To the clipboard (F3)", chat.action_copy_answer),
+            ("Copy last code block", "To the clipboard (F4)", chat.action_copy_code),
+            (
+                "Conversation settings",
+                "System prompt, temperature, top-p, max tokens (Ctrl+S)",
+                chat.action_settings,
+            ),
+            ("Rename conversation", "Give the open conversation a title (F2)", chat.action_rename),
+            (
+                "Toggle sidebar",
+                "Show or hide the conversation list (Ctrl+B)",
+                chat.action_toggle_sidebar,
+            ),
+            ("Search conversations", "Filter the conversation list (Ctrl+F)", chat.action_search),
+            ("Keys", "Every key binding (F1)", self.action_help),
+        ]
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+    async def action_quit(self) -> None:
+        """Stop any answer (its partial text is saved) and leave."""
+        screen = self.chat_screen
+        if screen.generating:
+            screen.action_stop()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        if self.engine is not None:
+            self.engine.close()

@@ -1,0 +1,69 @@
+"""Messages that worker threads post to the UI. Workers never touch widgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from mixchat.engine.base import ModelInfo, Usage
+from mixchat.session import ReplyOutcome
+
+
+@dataclass
+class ModelLoading(Message):
+    """Load progress: stage and percent (None when unknown)."""
+
+    stage: str
+    percent: int | None
+
+
+@dataclass
+class ModelNotice(Message):
+    """A non-fatal note from the engine (e.g. a fallback)."""
+
+    text: str
+
+
+@dataclass
+class ModelReady(Message):
+    """The model is loaded."""
+
+    info: ModelInfo
+
+
+@dataclass
+class ModelFailed(Message):
+    """The model could not be loaded; ``error`` is one line."""
+
+    error: str
+
+
+@dataclass
+class ReplyText(Message):
+    """New reply text is waiting in the reply buffer (coalesced; drain it)."""
+
+    reply_key: int
+
+
+@dataclass
+class ReplyUsage(Message):
+    """Usage figures of the reply so far."""
+
+    reply_key: int
+    usage: Usage
+
+
+@dataclass
+class ContextTrimmedNote(Message):
+    """Old turns were left out of the prompt."""
+
+    dropped: int
+
+
+@dataclass
+class ReplyDone(Message):
+    """The reply ended (complete, stopped or failed)."""
+
+    reply_key: int
+    outcome: ReplyOutcome

@@ -1,0 +1,163 @@
+"""Small modal screens: confirm, rename, per-conversation settings, help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static, TextArea
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes/no question; Enter or y confirms, Esc or n cancels."""
+
+    BINDINGS = [
+        Binding("escape,n", "dismiss(False)", "No"),
+        Binding("y", "dismiss(True)", "Yes"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Text(self.question))
+            with Horizontal(classes="buttons"):
+                yield Button("Delete", variant="error", id="yes")
+                yield Button("Cancel", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class RenameScreen(ModalScreen[str | None]):
+    """Ask for a new title."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("New title (Enter saves, Esc cancels)")
+            yield Input(self.current, id="title")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        value = event.value.strip()
+        self.dismiss(value or None)
+
+
+@dataclass
+class ConversationSettings:
+    """What the settings modal edits."""
+
+    system_prompt: str | None
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+class SettingsScreen(ModalScreen[ConversationSettings | None]):
+    """System prompt and generation settings of this conversation."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("ctrl+s", "save", "Save"),
+    ]
+
+    def __init__(self, current: ConversationSettings) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        c = self.current
+        with Vertical(classes="dialog wide"):
+            yield Label("System prompt")
+            yield TextArea(c.system_prompt or "", id="system", soft_wrap=True)
+            with Grid(classes="fields"):
+                yield Label("Temperature (0 = greedy)")
+                yield Input(str(c.temperature), id="temperature")
+                yield Label("Top-p")
+                yield Input(str(c.top_p), id="top_p")
+                yield Label("Max new tokens")
+                yield Input(str(c.max_new_tokens), id="max_new_tokens")
+            yield Label("", id="error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Save (Ctrl+S)", variant="primary", id="save")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.dismiss(None)
+
+    def action_save(self) -> None:
+        """Validate and return the new settings."""
+        from mixchat.config import ConfigError, Settings, apply_values
+
+        values = {
+            key: self.query_one(f"#{key}", Input).value
+            for key in ("temperature", "top_p", "max_new_tokens")
+        }
+        try:
+            parsed = apply_values(Settings(), values, "settings")
+        except ConfigError as exc:
+            self.query_one("#error", Label).update(Text(str(exc)))
+            return
+        system = self.query_one("#system", TextArea).text
+        self.dismiss(
+            ConversationSettings(
+                system_prompt=system if system.strip() else None,
+                temperature=parsed.temperature,
+                top_p=parsed.top_p,
+                max_new_tokens=parsed.max_new_tokens,
+            )
+        )
+
+
+HELP_ROWS = [
+    ("Enter", "send the message"),
+    ("Shift+Enter, Ctrl+J", "new line in the message"),
+    ("Esc", "stop the answer"),
+    ("Ctrl+N", "new conversation"),
+    ("Ctrl+R", "regenerate the last answer"),
+    ("Ctrl+L", "edit the last message and resend (drops the old answer)"),
+    ("F3", "copy the last answer"),
+    ("F4", "copy the last code block"),
+    ("Ctrl+S", "conversation settings: system prompt, temperature, top-p, max tokens"),
+    ("Ctrl+B", "show or hide the conversation list"),
+    ("Ctrl+F", "search conversations"),
+    ("Enter (in the list)", "open the conversation"),
+    ("R (in the list), F2", "rename the conversation"),
+    ("Delete, D (in the list)", "delete the conversation (asks first)"),
+    ("Ctrl+T", "choose a theme"),
+    ("Ctrl+P", "command palette: every action"),
+    ("F1", "this help"),
+    ("Ctrl+Q", "quit"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key, in one place."""
+
+    BINDINGS = [Binding("escape,f1,q", "dismiss(None)", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog wide"):
+            yield Label("Keys", classes="title")
+            for key, what in HELP_ROWS:
+                with Horizontal(classes="help-row"):
+                    yield Static(Text(key), classes="key")
+                    yield Static(Text(what), classes="what")
+            yield Label("Esc closes this help", classes="hint")

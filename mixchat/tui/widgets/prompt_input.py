@@ -1,0 +1,47 @@
+"""The message input: Enter sends, Shift+Enter or Ctrl+J inserts a newline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import events
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import TextArea
+
+
+class PromptInput(TextArea):
+    """A multi-line input that submits on Enter."""
+
+    BINDINGS = [
+        Binding("shift+enter,ctrl+j", "newline", "Newline", show=False),
+    ]
+
+    @dataclass
+    class Submitted(Message):
+        """The user pressed Enter with this text."""
+
+        text: str
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(
+            soft_wrap=True,
+            show_line_numbers=False,
+            tab_behavior="focus",
+            placeholder="Message Mixtral  (Enter sends, Shift+Enter or Ctrl+J for a newline)",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            text = self.text
+            if text.strip():
+                self.post_message(self.Submitted(text))
+            return
+        await super()._on_key(event)
+
+    def action_newline(self) -> None:
+        """Insert a line break at the cursor."""
+        self.insert("\n")

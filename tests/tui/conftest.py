@@ -1,0 +1,44 @@
+"""Fixtures for driving the app with Pilot and a scripted engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from mixchat.config import Settings, save_setting
+from mixchat.engine.scripted import ScriptedEngine
+from mixchat.store import ConversationStore
+from mixchat.tui.app import MixchatApp
+
+AppFactory = Callable[..., MixchatApp]
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+@pytest.fixture
+def store() -> ConversationStore:
+    s = ConversationStore.open()
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+@pytest.fixture
+def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
+    def factory(
+        resume_id: str | None = None,
+        settings: Settings | None = None,
+        engine_factory: Callable[[Settings], object] | None = None,
+    ) -> MixchatApp:
+        return MixchatApp(
+            settings or Settings(model="scripted-model"),
+            engine_factory or (lambda _s: engine),  # type: ignore[arg-type]
+            store,
+            resume_id=resume_id,
+            on_theme_saved=lambda name: save_setting("theme", name),
+        )
+
+    return factory
