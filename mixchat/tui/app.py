@@ -156,7 +156,12 @@ class MixchatApp(App[None]):
         """Stop any answer (its partial text is saved) and leave."""
         screen = self.chat_screen
         if screen.generating:
+            # Let the reply worker save the partial answer as stopped, then leave;
+            # the timer is a fallback should the engine not stop in time.
+            screen.exit_after_reply = True
             screen.action_stop()
+            self.set_timer(5, self.exit)
+            return
         self.exit()
 
     def on_unmount(self) -> None:

@@ -410,3 +410,20 @@ async def test_help_screen_lists_keys(make_app: AppFactory) -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, ChatScreen)
+
+
+async def test_quit_while_streaming_saves_partial_as_stopped(
+    make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore
+) -> None:
+    engine.queue("so far ", "never", gate=threading.Event(), gate_from=1)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await type_and_send(pilot, "long one")
+        await pilot.pause()
+        assert screen.generating
+        await pilot.press("ctrl+q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    reply = only_conversation(store).messages[-1]
+    assert reply.status is Status.INTERRUPTED and reply.content == "so far "

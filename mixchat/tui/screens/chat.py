@@ -78,6 +78,7 @@ class ChatScreen(Screen[None]):
         self._buffer_lock = threading.Lock()
         self._flush_posted = False
         self._new_settings: ConversationSettings | None = None
+        self.exit_after_reply = False
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -274,6 +275,8 @@ class ChatScreen(Screen[None]):
             self.status.state = "ready"
         self._reload_conversation()
         self.sidebar.reload()
+        if self.exit_after_reply:
+            self.app.exit()
 
     # -- actions ------------------------------------------------------------
 

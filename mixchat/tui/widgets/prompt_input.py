@@ -5,17 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual import events
-from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
+
+NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 
 
 class PromptInput(TextArea):
     """A multi-line input that submits on Enter."""
-
-    BINDINGS = [
-        Binding("shift+enter,ctrl+j", "newline", "Newline", show=False),
-    ]
 
     @dataclass
     class Submitted(Message):
@@ -33,6 +30,13 @@ class PromptInput(TextArea):
         )
 
     async def _on_key(self, event: events.Key) -> None:
+        # Handled here rather than by a binding: bindings run only after the key has
+        # bubbled up to the app, so a fast typist's next keys would land first.
+        if event.key in NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+            return
         if event.key == "enter":
             event.stop()
             event.prevent_default()
