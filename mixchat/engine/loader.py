@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,86 @@ class _LoadProgress:
         return lambda *args, **kwargs: None
 
 
+def weight_bytes(model: Any) -> int:
+    """Bytes the weights occupy: parameters, buffers and bitsandbytes' quantization state.
+
+    ``get_memory_footprint`` counts parameters and buffers only, missing the absmax and code
+    books a 4-bit weight keeps in its ``quant_state`` and an int8 layer's row scales. Shared
+    tensors (tied embeddings, code books) count once.
+    """
+    import torch
+
+    seen: set[tuple[str, int]] = set()
+    total = 0
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
+            return
+        key = (str(t.device), t.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+
+    def add_quant_state(state: Any) -> None:
+        if state is not None:
+            for name in ("absmax", "code", "offset"):
+                add(getattr(state, name, None))
+            add_quant_state(getattr(state, "state2", None))
+
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            add(param)
+            add_quant_state(getattr(param, "quant_state", None))
+            add(getattr(param, "SCB", None))
+        for buffer in module.buffers(recurse=False):
+            add(buffer)
+        state = getattr(module, "state", None)  # Linear8bitLt keeps CB/SCB here after a forward
+        add(getattr(state, "CB", None))
+        add(getattr(state, "SCB", None))
+    return total
+
+
+def _quantized_device(device_map: Any, notice: Callable[[str], None]) -> str:
+    """The one device a quantized Mixtral loads onto (it fits one GPU: ~26 GB in 4 bits)."""
+    if device_map is None:
+        return "cpu"
+    if isinstance(device_map, dict):
+        return str(device_map[""])
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        notice("the quantized Mixtral loads onto one GPU (cuda:0); --device-map cuda:N picks it")
+    return "cuda:0"
+
+
+def _load_quantized_mixtral(
+    model_dir: Path,
+    settings: Settings,
+    dtype: str,
+    attention: str,
+    device_map: Any,
+    progress: ProgressCallback,
+    emit_notice: Callable[[str], None],
+) -> Any:
+    """Every expert and attention projection quantized (stock bitsandbytes skips experts)."""
+    import torch
+
+    from mixchat.engine.quant import load_quantized_mixtral
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise EngineError(f"--{settings.quantization} needs the bitsandbytes package")
+    return load_quantized_mixtral(
+        model_dir,
+        settings.quantization,
+        compute_dtype=getattr(torch, dtype),
+        device=_quantized_device(device_map, emit_notice),
+        double_quant=True,
+        progress=progress,
+        attention=attention,
+    )
+
+
 def load_model(
     model_dir: Path,
     settings: Settings,
@@ -150,6 +231,12 @@ def load_model(
     dtype = choose_dtype(settings.dtype, cuda)
     attention = choose_attention(settings.attention, cuda, emit_notice)
     device_map = _device_map(settings.device_map, cuda)
+    if settings.quantization != "none" and config.get("model_type") == "mixtral":
+        with _load_errors(model_dir):
+            model = _load_quantized_mixtral(
+                model_dir, settings, dtype, attention, device_map, progress, emit_notice
+            )
+        return _loaded(model, dtype, settings.quantization, attention)
     quant = _quantization_config(settings.quantization, dtype, cuda)
 
     def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -159,15 +246,28 @@ def load_model(
     progress("weights", 0, len(shards))
     previous = hf_logging.set_tqdm_hook(hook)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            dtype=getattr(torch, dtype),
-            device_map=device_map,
-            attn_implementation=attention,
-            quantization_config=quant,
-            use_safetensors=True,
-            trust_remote_code=settings.trust_remote_code,
-        )
+        with _load_errors(model_dir):
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                dtype=getattr(torch, dtype),
+                device_map=device_map,
+                attn_implementation=attention,
+                quantization_config=quant,
+                use_safetensors=True,
+                trust_remote_code=settings.trust_remote_code,
+            )
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+    return _loaded(model, dtype, settings.quantization, attention)
+
+
+@contextmanager
+def _load_errors(model_dir: Path) -> Iterator[None]:
+    """Turn the ways loading fails into one-line ``EngineError`` messages."""
+    import torch
+
+    try:
+        yield
     except torch.cuda.OutOfMemoryError:
         raise EngineError(
             "out of GPU memory while loading; try --4bit (about 26 GB for Mixtral) or "
@@ -181,16 +281,15 @@ def load_model(
     except (OSError, RuntimeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"{model_dir}: cannot load the model: {message}") from None
-    finally:
-        hf_logging.set_tqdm_hook(previous)
+
+
+def _loaded(model: Any, dtype: str, quantization: str, attention: str) -> LoadedModel:
     model.eval()
-    weight_bytes = int(model.get_memory_footprint())
-    device = str(next(model.parameters()).device)
     return LoadedModel(
         model=model,
         dtype=dtype,
-        quantization=settings.quantization,
+        quantization=quantization,
         attention=attention,
-        device=device,
-        weight_bytes=weight_bytes,
+        device=str(next(model.parameters()).device),
+        weight_bytes=weight_bytes(model),
     )
