@@ -284,6 +284,36 @@ def config(as_json: JsonOpt = False) -> None:
     show_config(as_json=as_json)
 
 
+@app.command()
+@handle_errors
+def doctor(
+    model: ModelOpt = None,
+    four_bit: Q4Opt = False,
+    eight_bit: Q8Opt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check Python, torch, CUDA, GPUs, bitsandbytes, flash-attn, and whether the model fits."""
+    from mixchat.commands.doctor import run_doctor
+
+    flags = model_flags(
+        model,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        four_bit,
+        eight_bit,
+        False,
+        None,
+        False,
+    )
+    run_doctor(flags, as_json)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="mixchat")
