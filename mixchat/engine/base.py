@@ -84,6 +84,7 @@ class Usage:
     ttft_s: float | None
     duration_s: float
     tokens_per_s: float | None
+    cached_tokens: int = 0  # prompt tokens not computed again: their KV cache was reused
 
 
 FinishReason = Literal["stop", "length", "cancelled"]

@@ -1,4 +1,5 @@
-"""One reply with ``model.generate``: stopping on cancel, streaming decoded text."""
+"""One reply with ``model.generate``: stopping on cancel, streaming decoded text, and
+reusing the conversation's KV cache for the prompt prefix it already covers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixchat.engine.base import FinishReason, GenerationParams
+from mixchat.engine.kvcache import PrefixCache
 from mixchat.engine.tokenizer import ChatTokenizer
 
 
@@ -21,6 +23,7 @@ class GenerateResult:
     ttft_s: float | None
     duration_s: float
     tokens_per_s: float | None
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the cache
 
 
 def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
@@ -52,8 +55,14 @@ def run_generate(
     cancel: threading.Event,
     started: float,
     on_text: Callable[[str], None],
+    kv_cache: PrefixCache | None = None,
 ) -> GenerateResult:
-    """Generate a reply to ``prompt_ids``, calling ``on_text`` with each decoded delta."""
+    """Generate a reply to ``prompt_ids``, calling ``on_text`` with each decoded delta.
+
+    With ``kv_cache`` the prompt's longest prefix already in the cache is not computed
+    again, and afterwards the cache covers the prompt and the reply (minus its last token,
+    which was never fed through the model). If ``generate`` raises, the cache is discarded.
+    """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
@@ -67,7 +76,7 @@ def run_generate(
             if not state["prompt_seen"]:  # generate() first hands over the prompt
                 state["prompt_seen"] = True
                 return
-            ids = [int(i) for i in value.reshape(-1).tolist()]
+            ids: list[int] = value.reshape(-1).tolist()
             now = time.perf_counter()
             if state["first"] is None:
                 state["first"] = now
@@ -82,29 +91,42 @@ def run_generate(
             if text:
                 on_text(text)
 
+    device = next(model.parameters()).device
+    # Stopping criteria are OR-ed into a fresh tensor each step, so one shared (never
+    # mutated) answer per state is enough: no allocation per token.
+    not_cancelled = torch.zeros(1, dtype=torch.bool, device=device)
+    cancelled = torch.ones(1, dtype=torch.bool, device=device)
+
     class StopOnCancel(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full(
-                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
-            )
+            return cancelled if cancel.is_set() else not_cancelled
 
-    device = next(model.parameters()).device
     input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     if params.seed is not None:
         torch.manual_seed(params.seed)
     pad = next(iter(eos_ids)) if eos_ids else None
-    with torch.inference_mode():
-        model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=params.max_new_tokens,
-            stopping_criteria=StoppingCriteriaList([StopOnCancel()]),
-            streamer=Streamer(),
-            pad_token_id=pad,
-            eos_token_id=sorted(eos_ids) or None,
-            **sampling_kwargs(params),
-        )
+    try:
+        with torch.inference_mode():  # the cache's tensors are inference tensors: crop them here
+            past, reused = (None, 0) if kv_cache is None else kv_cache.prepare(model, prompt_ids)
+            cache_kwargs = {"past_key_values": past} if past is not None else {}
+            sequence = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=params.max_new_tokens,
+                stopping_criteria=StoppingCriteriaList([StopOnCancel()]),
+                streamer=Streamer(),
+                pad_token_id=pad,
+                eos_token_id=sorted(eos_ids) or None,
+                **cache_kwargs,
+                **sampling_kwargs(params),
+            )
+    except BaseException:
+        if kv_cache is not None:
+            kv_cache.discard()  # a layer may hold states the others lack
+        raise
     end = time.perf_counter()
+    if kv_cache is not None:
+        kv_cache.commit(sequence[0].tolist())
     count = state["count"]
     first = state["first"]
     if cancel.is_set():
@@ -120,4 +142,5 @@ def run_generate(
         ttft_s=(first - started) if first is not None else None,
         duration_s=end - started,
         tokens_per_s=rate,
+        cached_tokens=reused,
     )

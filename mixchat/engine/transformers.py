@@ -3,6 +3,9 @@
 Callers submit jobs (load, generate) and read events from a per-job queue, so
 the UI thread never blocks on the model and the model is only ever touched by
 its own thread. torch and transformers are imported inside that thread.
+
+The KV cache of the last conversation is kept between turns (``PrefixCache``), so a
+new turn prefills only the tokens that differ from what the cache already covers.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from mixchat.engine.base import (
     TextDelta,
     Usage,
 )
+from mixchat.engine.kvcache import PrefixCache
 from mixchat.engine.tokenizer import ChatTokenizer
 from mixchat.prompt import PromptError
 
@@ -45,8 +49,11 @@ class _Job:
 class TransformersEngine:
     """A Hugging Face transformers model behind the ``Engine`` protocol."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_cache: bool = True) -> None:
+        """``reuse_cache=False`` prefills every prompt in full (for comparisons)."""
         self.settings = settings
+        self.reuse_cache = reuse_cache
+        self._kv = PrefixCache()  # touched only by the model thread
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="mixchat-model", daemon=True)
         self._thread.start()
@@ -162,6 +169,15 @@ class TransformersEngine:
 
     # -- generation -------------------------------------------------------
 
+    def reset_cache(self) -> None:
+        """Drop the kept KV cache (frees its memory); the next reply prefills in full.
+
+        Not needed for correctness (reuse is matched on token ids), only to free memory.
+        Returns at once: the model thread does it after the job it is running, if any.
+        """
+        job = _Job(lambda emit: self._kv.discard(), queue.Queue(), threading.Event())
+        self._jobs.put(job)
+
     def stream(
         self,
         messages: Sequence[Message],
@@ -219,6 +235,7 @@ class TransformersEngine:
                 cancel,
                 started,
                 lambda text: emit(TextDelta(text)),
+                self._kv if self.reuse_cache else None,
             )
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -236,6 +253,7 @@ class TransformersEngine:
                 ttft_s=result.ttft_s,
                 duration_s=result.duration_s,
                 tokens_per_s=result.tokens_per_s,
+                cached_tokens=result.cached_tokens,
             )
         )
         emit(Finished(result.reason))
@@ -244,6 +262,7 @@ class TransformersEngine:
         """Stop the model thread and drop the model."""
         self._jobs.put(None)
         self._thread.join(timeout=10)
+        self._kv.discard()
         self._model = None
 
 
