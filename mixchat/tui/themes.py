@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.theme import Theme
 
@@ -73,7 +73,7 @@ def parse_theme(path: Path) -> ThemeFile:
     values = {m.group(1).replace("-", "_"): m.group(2).strip() for m in _VARIABLE.finditer(css)}
     if "primary" not in values:
         raise ThemeError(f"{path}: a theme needs at least `$primary: <colour>;`")
-    palette = {k: values[k] for k in PALETTE_KEYS if k in values}
+    palette: dict[str, Any] = {k: values[k] for k in PALETTE_KEYS if k in values}
     dark = values.get("dark", "true").lower() not in ("false", "no", "0")
     try:
         theme = Theme(name=path.stem, dark=dark, **palette)
@@ -101,7 +101,7 @@ def discover(dirs: list[Path]) -> tuple[list[ThemeFile], list[str]]:
 class ThemeManager:
     """Registers the theme files with an app and swaps their CSS in and out."""
 
-    def __init__(self, app: App[object], on_saved: Callable[[str], None] | None = None) -> None:
+    def __init__(self, app: App[Any], on_saved: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.on_saved = on_saved
         self.files: dict[str, ThemeFile] = {}
