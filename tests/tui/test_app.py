@@ -427,3 +427,31 @@ async def test_quit_while_streaming_saves_partial_as_stopped(
         await pilot.pause()
     reply = only_conversation(store).messages[-1]
     assert reply.status is Status.INTERRUPTED and reply.content == "so far "
+
+
+async def test_long_conversation_renders_newest_first_and_more_on_request(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    from textual.widgets import Button
+
+    from mixchat.tui.widgets.chat_view import INITIAL_MESSAGES
+
+    conv = store.create_conversation(model="m", system_prompt=None, settings={})
+    for i in range(50):
+        store.append_message(conv.id, Message(Role.USER, f"question {i}"))
+        store.append_message(conv.id, Message(Role.ASSISTANT, f"answer {i}"))
+    app = make_app(resume_id=conv.id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert len(screen.query(".message")) == INITIAL_MESSAGES
+        assert screen.query(UserBlock).last().source == "question 49"
+        button = screen.query_one("#earlier", Button)
+        assert "60 earlier" in str(button.label)
+        await screen.chat.show_earlier()
+        await pilot.pause()
+        assert len(screen.query(".message")) == 2 * INITIAL_MESSAGES
+        await screen.chat.show_earlier()
+        await pilot.pause()
+        assert len(screen.query(".message")) == 100
+        assert not screen.query("#earlier")
+        assert [b.source for b in screen.query(UserBlock)][:2] == ["question 0", "question 1"]

@@ -32,7 +32,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.geometry import Spacing
-from textual.widgets import Label, Markdown, Static
+from textual.widget import Widget
+from textual.widgets import Button, Label, Markdown, Static
 from textual.widgets._markdown import MarkdownBlock
 
 from mixchat.conversation import Message, Role, Status
@@ -288,20 +289,54 @@ class ReplyRenderer:
             self._fence = last
 
 
+INITIAL_MESSAGES = 40  # rendered when a conversation opens; older ones on request
+
+
 class ChatView(VerticalScroll):
     """All messages of the open conversation; stays at the bottom while streaming."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._hidden: list[Message] = []
 
     def on_mount(self) -> None:
         self.anchor()
 
     async def show_conversation(self, messages: list[Message]) -> None:
-        """Replace the view with ``messages``."""
+        """Replace the view with ``messages``: the newest ``INITIAL_MESSAGES`` at once, the
+        rest behind a button, so long conversations open quickly."""
         await self.remove_children()
-        blocks = [self._block(m) for m in messages]
+        self._hidden = messages[: max(0, len(messages) - INITIAL_MESSAGES)]
+        blocks: list[Widget] = [self._block(m) for m in messages[len(self._hidden) :]]
+        if self._hidden:
+            blocks.insert(0, self._earlier_button())
         if blocks:
             await self.mount_all(blocks)
         self.scroll_end(animate=False)
         self.anchor()
+
+    def _earlier_button(self) -> Button:
+        count = len(self._hidden)
+        label = f"Show {count} earlier message{'s' if count != 1 else ''}"
+        return Button(label, id="earlier", classes="earlier")
+
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id != "earlier":
+            return
+        event.stop()
+        await self.show_earlier()
+
+    async def show_earlier(self) -> None:
+        """Render the next batch of older messages above the ones shown."""
+        batch = self._hidden[-INITIAL_MESSAGES:]
+        self._hidden = self._hidden[: len(self._hidden) - len(batch)]
+        button = self.query_one("#earlier", Button)
+        blocks = [self._block(m) for m in batch]
+        await self.mount_all(blocks, after=button)
+        if self._hidden:
+            button.label = self._earlier_button().label
+        else:
+            await button.remove()
 
     @staticmethod
     def _block(message: Message) -> Static | AssistantBlock:
