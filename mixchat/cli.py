@@ -42,6 +42,13 @@ DeviceOpt = Annotated[str | None, typer.Option("--device-map", help="auto | cpu 
 RemoteOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Run code shipped with the model.")
 ]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        help="OpenAI-compatible server URL (vLLM, TGI, llama.cpp); key from $MIXCHAT_API_KEY.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -60,6 +67,7 @@ def model_flags(
     flash_attn: bool,
     device_map: str | None,
     trust_remote_code: bool,
+    endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Flags as config keys; unset flags are ``None`` and do not override the config."""
     if four_bit and eight_bit:
@@ -79,6 +87,7 @@ def model_flags(
         "attention": "flash_attention_2" if flash_attn else None,
         "device_map": device_map,
         "trust_remote_code": True if trust_remote_code else None,
+        "endpoint": endpoint,
     }
 
 
@@ -100,6 +109,7 @@ def main_callback(
     flash_attn: FlashOpt = False,
     device_map: DeviceOpt = None,
     trust_remote_code: RemoteOpt = False,
+    endpoint: EndpointOpt = None,
     resume: Annotated[
         str | None, typer.Option("--resume", "-r", help="Open conversation ID (prefix ok).")
     ] = None,
@@ -130,6 +140,7 @@ def main_callback(
         flash_attn,
         device_map,
         trust_remote_code,
+        endpoint,
     )
     raise typer.Exit(run_interactive(flags, resume, continue_last))
 
@@ -152,6 +163,7 @@ def ask(
     flash_attn: FlashOpt = False,
     device_map: DeviceOpt = None,
     trust_remote_code: RemoteOpt = False,
+    endpoint: EndpointOpt = None,
     continue_last: Annotated[
         bool, typer.Option("--continue", "-c", help="Continue the last conversation.")
     ] = False,
@@ -182,6 +194,7 @@ def ask(
         flash_attn,
         device_map,
         trust_remote_code,
+        endpoint,
     )
     request = AskRequest(
         prompt=prompt,

@@ -11,7 +11,12 @@ from mixchat.engine.base import Engine
 
 
 def make_engine(settings: Settings) -> Engine:
-    """The local transformers engine (imported here, on the loading thread)."""
+    """The remote engine when an endpoint is set, else the local transformers engine
+    (imported here, on the loading thread)."""
+    if settings.endpoint:
+        from mixchat.engine.remote import RemoteEngine
+
+        return RemoteEngine(settings, settings.endpoint, api_key_env=settings.api_key_env)
     from mixchat.engine.transformers import TransformersEngine
 
     return TransformersEngine(settings)
