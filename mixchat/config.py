@@ -41,6 +41,8 @@ class Settings:
     max_new_tokens: int = 1024
     seed: int | None = None
     theme: str = "mixchat-dark"
+    endpoint: str = ""
+    api_key_env: str = "MIXCHAT_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
     return parse
 
 
-def _integer(low: int, optional: bool = False) -> Callable[[Any], int | None]:
+def _integer(
+    low: int, optional: bool = False, high: int | None = None
+) -> Callable[[Any], int | None]:
     def parse(value: Any) -> int | None:
         if optional and (value is None or value == "" or value == "none"):
             return None
@@ -103,9 +107,25 @@ def _integer(low: int, optional: bool = False) -> Callable[[Any], int | None]:
             raise ValueError("must be a whole number") from None
         if number < low:
             raise ValueError(f"must be >= {low}")
+        if high is not None and number > high:
+            raise ValueError(f"must be between {low} and {high}")
         return number
 
     return parse
+
+
+def _endpoint(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL (empty: run the model locally)")
+    return value
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.isidentifier() or not value.isascii():
+        raise ValueError("must be the name of an environment variable")
+    return value
 
 
 def _boolean(value: Any) -> bool:
@@ -145,8 +165,20 @@ FIELDS: dict[str, Field] = {
         Field("top_k", "sample from the k most likely tokens; 0 turns it off", _integer(0)),
         Field("repetition_penalty", "1.0 turns it off", _number(0.01, 100.0)),
         Field("max_new_tokens", "longest reply, in tokens", _integer(1)),
-        Field("seed", "random seed for reproducible sampling", _integer(0, optional=True)),
+        # torch.manual_seed takes at most 2**64 - 1.
+        Field(
+            "seed",
+            "random seed for reproducible sampling",
+            _integer(0, optional=True, high=2**64 - 1),
+        ),
         Field("theme", "theme of the interactive app", _text),
+        Field(
+            "endpoint",
+            "URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp); empty runs locally",
+            _endpoint,
+        ),
+        # The key itself is never stored: only the name of the variable that holds it.
+        Field("api_key_env", "environment variable holding the server's API key", _env_name),
     ]
 }
 assert set(FIELDS) == {f.name for f in fields(Settings)}

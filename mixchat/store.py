@@ -36,6 +36,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from mixchat import paths
 from mixchat.conversation import Conversation, Message, Role, Status, make_title
+from mixchat.textsafe import scrub_surrogates
 
 BUSY_TIMEOUT_S = 30.0
 SEARCH_WINDOW = 1000  # search ranks at most this many of the newest matches
@@ -208,7 +209,21 @@ def _make_private_dir(directory: Path, tighten: bool) -> None:
         d.mkdir(mode=0o700, exist_ok=True)  # another process may race us
         os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
     if tighten and directory.stat().st_uid == os.getuid():
-        os.chmod(directory, 0o700)
+        # Best effort: an immutable directory must fail later, when writing, with a
+        # message saying so, not here with a misleading "cannot create".
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)
+
+
+def _json(value: Any) -> str:
+    """Settings as JSON text that SQLite can store (lone surrogates become U+FFFD)."""
+    return scrub_surrogates(json.dumps(value, sort_keys=True, ensure_ascii=False))
+
+
+def _opt_text(text: str | None) -> str | None:
+    """Text SQLite can store: lone surrogates (from argv, env or a JSON import) cannot be
+    encoded as UTF-8 and become U+FFFD; everything else is kept as it is."""
+    return None if text is None else scrub_surrogates(text)
 
 
 def _fts_query(query: str) -> str:
@@ -378,8 +393,13 @@ class ConversationStore:
         system_prompt: str | None,
         settings: dict[str, Any],
         title: str | None = None,
+        first_message: Message | None = None,
     ) -> Conversation:
-        """Create an empty conversation; with no title it gets one from the first user message."""
+        """Create a conversation; with no title it gets one from the first user message.
+
+        ``first_message`` is committed in the same transaction (and gets its id), so a
+        failure (disk full, say) never leaves an empty conversation behind.
+        """
         now = time.time()
         conv = Conversation(
             id=uuid.uuid4().hex,
@@ -392,6 +412,8 @@ class ConversationStore:
         )
         with self._write() as conn:
             self._insert_conversation(conn, conv)
+            if first_message is not None:
+                self._append(conn, conv.id, first_message)
         return conv
 
     @staticmethod
@@ -401,12 +423,12 @@ class ConversationStore:
             " system_prompt, settings) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 conv.id,
-                conv.title,
+                scrub_surrogates(conv.title),
                 conv.created_at,
                 conv.updated_at,
-                conv.model,
-                conv.system_prompt,
-                json.dumps(conv.settings, sort_keys=True),
+                scrub_surrogates(conv.model),
+                _opt_text(conv.system_prompt),
+                _json(conv.settings),
             ),
         )
 
@@ -450,7 +472,10 @@ class ConversationStore:
         """Set a conversation's title."""
         conv_id = self.resolve_id(id_or_prefix)
         with self._write() as conn:
-            conn.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conv_id))
+            conn.execute(
+                "UPDATE conversations SET title = ? WHERE id = ?",
+                (scrub_surrogates(title), conv_id),
+            )
 
     @_guarded
     def update_settings(
@@ -464,12 +489,12 @@ class ConversationStore:
         """Change the system prompt, settings and/or model; omitted ones stay."""
         conv_id = self.resolve_id(id_or_prefix)
         changes: dict[str, Any] = {}
-        if system_prompt is not UNSET:
-            changes["system_prompt"] = system_prompt
+        if not isinstance(system_prompt, _Unset):
+            changes["system_prompt"] = _opt_text(system_prompt)
         if not isinstance(settings, _Unset):
-            changes["settings"] = json.dumps(settings, sort_keys=True)
-        if model is not UNSET:
-            changes["model"] = model
+            changes["settings"] = _json(settings)
+        if not isinstance(model, _Unset):
+            changes["model"] = scrub_surrogates(model)
         if not changes:
             return
         assignments = ", ".join(f"{column} = ?" for column in changes)  # fixed column names
@@ -545,7 +570,15 @@ class ConversationStore:
             "INSERT INTO messages (conversation_id, position, role, content, status,"
             " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (conv_id, position, role.value, m.content, status.value, *stats, *[m.created_at] * 2),
+            (
+                conv_id,
+                position,
+                role.value,
+                scrub_surrogates(m.content),
+                status.value,
+                *stats,
+                *[m.created_at] * 2,
+            ),
         )
         return replace(m, id=cur.lastrowid, role=role, status=status)
 
@@ -557,20 +590,22 @@ class ConversationStore:
         """
         conv_id = self.resolve_id(conversation_id)
         with self._write() as conn:
-            position = conn.execute(
-                "SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?",
-                (conv_id,),
-            ).fetchone()[0]
-            message.id = self._insert_message(conn, conv_id, position, message).id
-            conn.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conv_id)
-            )
-            if message.role == Role.USER:
-                conn.execute(
-                    "UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
-                    (make_title(message.content), conv_id),
-                )
+            self._append(conn, conv_id, message)
         return message
+
+    @classmethod
+    def _append(cls, conn: sqlite3.Connection, conv_id: str, message: Message) -> None:
+        position = conn.execute(
+            "SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?",
+            (conv_id,),
+        ).fetchone()[0]
+        message.id = cls._insert_message(conn, conv_id, position, message).id
+        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conv_id))
+        if message.role == Role.USER:
+            conn.execute(
+                "UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
+                (scrub_surrogates(make_title(message.content)), conv_id),
+            )
 
     def start_reply(self, conversation_id: str) -> Message:
         """Append an empty assistant reply marked INTERRUPTED until finished."""
@@ -583,7 +618,7 @@ class ConversationStore:
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE messages SET content = ?, updated_at = ? WHERE id = ?",
-                (content, time.time(), message_id),
+                (scrub_surrogates(content), time.time(), message_id),
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")
@@ -606,7 +641,7 @@ class ConversationStore:
             cur = conn.execute(
                 "UPDATE messages SET content = ?, status = ?, prompt_tokens = ?,"
                 " completion_tokens = ?, ttft_s = ?, duration_s = ?, updated_at = ? WHERE id = ?",
-                (content, Status(status).value, *stats, now, message_id),
+                (scrub_surrogates(content), Status(status).value, *stats, now, message_id),
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -9,6 +10,10 @@ from mixchat.conversation import Conversation, Message, Role, Status
 
 FORMAT_NAME = "mixchat.conversation"
 FORMAT_VERSION = 1
+# Timestamps and counts an import may carry: ones that SQLite or time.localtime cannot
+# take (NaN, 1e300, 2**70) would make every later `show` of the conversation fail.
+MAX_TIMESTAMP = 1e11  # seconds; about the year 5138
+MAX_COUNT = 2**63 - 1
 
 
 class TranscriptError(ValueError):
@@ -53,6 +58,36 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise TranscriptError(f"field {key!r} has the wrong type")
     return value
+
+
+def _in_range(value: float) -> bool:
+    """Finite and at most MAX_TIMESTAMP in size (an int too big for a float is not)."""
+    try:
+        return math.isfinite(value) and abs(value) <= MAX_TIMESTAMP
+    except OverflowError:
+        return False
+
+
+def _timestamp(value: float, what: str) -> float:
+    if not _in_range(value):
+        raise TranscriptError(f"{what} is not a usable time in seconds (got {value!r})")
+    return float(value)
+
+
+def _settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The conversation's settings; known keys must hold values mixchat accepts."""
+    from mixchat.config import FIELDS
+
+    settings: dict[str, Any] = _field(data, "settings", dict, {})
+    for key, value in settings.items():
+        field = FIELDS.get(key)
+        if field is None:
+            continue  # kept as it is; mixchat only reads the keys it knows
+        try:
+            field.parse(value)
+        except ValueError as exc:
+            raise TranscriptError(f"settings: {key} {exc} (got {value!r})") from None
+    return settings
 
 
 def from_json(data: Any) -> Conversation:
@@ -104,12 +139,12 @@ def from_json(data: Any) -> Conversation:
         )
     if not messages:
         raise TranscriptError("the conversation has no messages")
-    settings = _field(data, "settings", dict, {})
+    settings = _settings(data)
     return Conversation(
         id=str(_field(data, "id", str, "")),
         title=str(_field(data, "title", str, "")),
-        created_at=float(_field(data, "created_at", (int, float), now)),
-        updated_at=float(_field(data, "updated_at", (int, float), now)),
+        created_at=_timestamp(_field(data, "created_at", (int, float), now), "created_at"),
+        updated_at=_timestamp(_field(data, "updated_at", (int, float), now), "updated_at"),
         model=str(_field(data, "model", str, "")),
         system_prompt=system_prompt,
         settings=settings,
@@ -121,8 +156,8 @@ def _opt_int(meta: dict[str, Any], key: str, index: int) -> int | None:
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TranscriptError(f"message {index}: {key} must be a whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise TranscriptError(f"message {index}: {key} must be a whole number >= 0")
     return value
 
 
@@ -132,6 +167,8 @@ def _opt_float(meta: dict[str, Any], key: str, index: int) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TranscriptError(f"message {index}: {key} must be a number")
+    if not _in_range(value):
+        raise TranscriptError(f"message {index}: {key} is out of range (got {value!r})")
     return float(value)
 
 

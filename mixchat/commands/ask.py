@@ -9,12 +9,14 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from mixchat.commands.errors import EXIT_FAILURE, EXIT_INTERRUPTED, fail
+from mixchat.commands.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail
 from mixchat.config import Settings, load_settings
 from mixchat.conversation import Conversation, Message, Role, Status
 from mixchat.engine.base import (
     ContextTrimmed,
+    EngineError,
     Event,
+    Failed,
     GenerationParams,
     LoadProgress,
     Notice,
@@ -123,6 +125,8 @@ def run_ask(request: AskRequest) -> int:
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
     if not prompt.strip():
         return fail("nothing to ask: give a prompt as an argument or pipe text into stdin")
+    if request.show_prompt and settings.endpoint:
+        return fail("--show-prompt needs a local model; the server at --endpoint builds its own")
     if sys.stdout.isatty():
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
 
@@ -134,30 +138,49 @@ def run_ask(request: AskRequest) -> int:
     user_message = Message(role=Role.USER, content=prompt)
     params = params_from(settings)
 
-    from mixchat.engine.transformers import TransformersEngine
+    from mixchat.commands.interactive import make_engine
 
-    engine = TransformersEngine(settings)
+    engine = make_engine(settings)
     try:
         if request.show_prompt:
             return _show_prompt(engine, [*history, user_message], system_prompt, params, request)
-        progress = _Progress()
-        for load_event in engine.load():
-            if isinstance(load_event, LoadProgress):
-                progress.show(load_event)
-            else:
-                progress.clear()
-                warn(load_event.message)
-        progress.clear()
-        info = engine.info()
-
+        # The question is committed before the model loads, so a crash or a kill at any
+        # later moment keeps it (as the app does with a message sent while loading).
         conversation_id: str | None = None
+        created = False
         if store is not None:
             if conv is None or not conv.id:
                 conv = store.create_conversation(
-                    model=settings.model, system_prompt=system_prompt, settings=_saved(settings)
+                    model=settings.model,
+                    system_prompt=system_prompt,
+                    settings=_saved(settings),
+                    first_message=user_message,
                 )
+                created = True
+            else:
+                store.append_message(conv.id, user_message)
             conversation_id = conv.id
-            store.append_message(conversation_id, user_message)
+        progress = _Progress()
+        try:
+            for load_event in engine.load():
+                if isinstance(load_event, LoadProgress):
+                    progress.show(load_event)
+                else:
+                    progress.clear()
+                    warn(load_event.message)
+        except EngineError:
+            # The model cannot load (wrong path, say): take back the unanswerable
+            # question rather than leave a stray conversation for every typo.
+            progress.clear()
+            if store is not None and conversation_id is not None:
+                if created:
+                    store.delete(conversation_id)
+                elif user_message.id is not None:
+                    store.truncate_from(user_message.id)
+            raise
+        progress.clear()
+        info = engine.info()
+
         recorder = ReplyRecorder(store, conversation_id)
         out = _Output(sys.stdout, enabled=not request.as_json)
         cancel = threading.Event()
@@ -186,7 +209,9 @@ def run_ask(request: AskRequest) -> int:
             signal.signal(signal.SIGTERM, previous)
         out.end_line()
         if outcome.error is not None:
-            return fail(outcome.error, EXIT_FAILURE)
+            # A prompt that cannot be built (too long for the context) is bad input.
+            bad_input = any(isinstance(e, Failed) and e.kind == "prompt" for e in outcome.events)
+            return fail(outcome.error, EXIT_USAGE if bad_input else EXIT_FAILURE)
         if request.as_json:
             payload = {
                 "conversation_id": conversation_id,
@@ -199,7 +224,8 @@ def run_ask(request: AskRequest) -> int:
                 ),
                 "model": asdict(info),
             }
-            print(json.dumps(payload, ensure_ascii=False))
+            # The model id comes from argv/env and may hold undecodable bytes.
+            print(scrub_surrogates(json.dumps(payload, ensure_ascii=False)))
         return 0
     finally:
         engine.close()

@@ -13,15 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mixchat.store import MARK_END, MARK_START, ConversationStore
-from mixchat.textsafe import neutralize
+from mixchat.textsafe import neutralize, scrub_surrogates
 from mixchat.transcript import TranscriptError, from_json, to_json, to_markdown, to_text
 
 SHORT_ID = 8
 
 
 def _out(text: str) -> None:
-    """Print to stdout; neutralise control characters when it is a terminal."""
-    sys.stdout.write((neutralize(text) if sys.stdout.isatty() else text) + "\n")
+    """Print to stdout; neutralise control characters when it is a terminal. Lone
+    surrogates (undecodable bytes in a path from the environment) become U+FFFD."""
+    sys.stdout.write((neutralize(text) if sys.stdout.isatty() else scrub_surrogates(text)) + "\n")
 
 
 def _when(ts: float) -> str:
@@ -192,7 +193,10 @@ def show_config(as_json: bool) -> None:
         "cache_dir": str(paths.cache_dir()),
     }
     if as_json:
-        print(json.dumps({"settings": asdict(settings), "paths": where}, ensure_ascii=False))
+        # Settings from argv or the environment may hold undecodable bytes (lone
+        # surrogates), which a strict UTF-8 stdout cannot print.
+        text = json.dumps({"settings": asdict(settings), "paths": where}, ensure_ascii=False)
+        print(scrub_surrogates(text))
         return
     lines = [f"{k:<12} {v}" for k, v in where.items()]
     lines.append("")
