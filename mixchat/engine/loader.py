@@ -209,6 +209,18 @@ def _load_quantized_mixtral(
     )
 
 
+GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def check_generative(model_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse checkpoints whose declared architectures are not text generators: transformers
+    maps some encoders (BERT) to a causal head, which would chat in noise."""
+    architectures = config.get("architectures") or []
+    if architectures and not any(str(a).endswith(GENERATIVE_HEADS) for a in architectures):
+        names = ", ".join(str(a) for a in architectures)
+        raise EngineError(f"{model_dir}: not a causal language model ({names})")
+
+
 def load_model(
     model_dir: Path,
     settings: Settings,
@@ -226,6 +238,7 @@ def load_model(
             f"{model_dir}: the model needs code shipped with it; "
             "rerun with --trust-remote-code if you trust it"
         )
+    check_generative(model_dir, config)
     shards = check_weights(model_dir)
     cuda = _cuda_available()
     dtype = choose_dtype(settings.dtype, cuda)

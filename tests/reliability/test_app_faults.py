@@ -12,12 +12,6 @@ from tests.reliability.helpers import Pty, cli
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tui/screens/chat.py: a StoreError in a message handler (here the open "
-    "conversation was deleted by `mixchat rm` in another terminal; also a read-only or "
-    "full disk) ends the app with a traceback, exit code 1, and the typed text is lost",
-)
 def test_app_survives_its_conversation_being_deleted_elsewhere() -> None:
     with ConversationStore.open() as store:
         conv = store.create_conversation(

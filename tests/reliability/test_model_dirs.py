@@ -148,11 +148,6 @@ def test_unusable_model_directories(tmp_path: Path, tiny_model: Path, mixchat_ho
     assert database(mixchat_home).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/loader.py loads a BertForMaskedLM checkpoint as BertLMHeadModel and "
-    "chats with it (transformers maps bert to a causal head); it should be refused",
-)
 def test_encoder_only_model_is_refused(tmp_path: Path, tiny_model: Path) -> None:
     bert = _bert(tiny_model, tmp_path / "bert")
     result = cli("ask", "--model", str(bert), "--max-tokens", "3", "hi")

@@ -6,6 +6,7 @@ state change happens here, in message handlers on the UI thread.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import replace
@@ -27,7 +28,8 @@ from mixchat.engine.base import (
     Usage,
 )
 from mixchat.session import ReplyRecorder, prompt_history, stream_reply
-from mixchat.store import ConversationStore
+from mixchat.store import ConversationStore, StoreError
+from mixchat.tui.errors import notify_store_errors
 from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, ReplyUsage
 from mixchat.tui.screens.modals import (
     ConfirmScreen,
@@ -151,6 +153,7 @@ class ChatScreen(Screen[None]):
     async def on_submitted(self, event: PromptInput.Submitted) -> None:
         await self.send(event.text)
 
+    @notify_store_errors
     async def send(self, text: str) -> None:
         """Commit the user's message, show it, and ask for a reply."""
         if self.generating:
@@ -177,6 +180,7 @@ class ChatScreen(Screen[None]):
             return
         await self.start_reply()
 
+    @notify_store_errors
     async def start_reply(self) -> None:
         """Stream a reply to the conversation as it stands."""
         if self.engine is None or self.conversation is None or self.generating:
@@ -227,9 +231,15 @@ class ChatScreen(Screen[None]):
             outcome = stream_reply(
                 engine, recorder, history, system_prompt, params, cancel, on_event
             )
-        except Exception as exc:  # the engine broke: keep what we have, say why
-            outcome = recorder.finish(Status.ERROR)
-            outcome.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the engine or the store broke: keep what we can, say why
+            try:
+                outcome = recorder.finish(Status.ERROR)
+            except StoreError:
+                outcome = recorder.outcome
+                outcome.status = Status.ERROR
+            outcome.error = (
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, StoreError) else str(exc)
+            )
         self.post_message(ReplyDone(key, outcome))
 
     def _drain(self) -> str:
@@ -255,6 +265,7 @@ class ChatScreen(Screen[None]):
         self.notify(f"The {message.dropped} oldest messages were left out to fit the context.")
 
     @on(ReplyDone)
+    @notify_store_errors
     async def on_reply_done(self, message: ReplyDone) -> None:
         if message.reply_key != self._reply_key:
             return
@@ -301,6 +312,7 @@ class ChatScreen(Screen[None]):
         self.status.context_used = 0
         self.query_one(PromptInput).focus()
 
+    @notify_store_errors
     async def open_conversation(self, conversation_id: str) -> None:
         """Show a saved conversation and continue it."""
         if self.generating:
@@ -319,6 +331,7 @@ class ChatScreen(Screen[None]):
     async def on_sidebar_opened(self, event: Sidebar.Opened) -> None:
         await self.open_conversation(event.conversation_id)
 
+    @notify_store_errors
     async def action_regenerate(self) -> None:
         """Drop the last answer and generate it again."""
         if self.generating or self.conversation is None or not self.conversation.messages:
@@ -333,6 +346,7 @@ class ChatScreen(Screen[None]):
             return
         await self.start_reply()
 
+    @notify_store_errors
     async def action_edit_last(self) -> None:
         """Put the last user message back in the input; its old answer is dropped."""
         if self.generating or self.conversation is None:
@@ -385,6 +399,7 @@ class ChatScreen(Screen[None]):
         self.sidebar.display = True
         self.sidebar.query_one("#search").focus()
 
+    @notify_store_errors
     def action_settings(self) -> None:
         """Edit this conversation's system prompt and generation settings."""
         params = self._params()
@@ -392,7 +407,8 @@ class ChatScreen(Screen[None]):
             self._system_prompt(), params.temperature, params.top_p, params.max_new_tokens
         )
 
-        def apply(result: ConversationSettings | None) -> None:
+        @notify_store_errors
+        def apply(self: ChatScreen, result: ConversationSettings | None) -> None:
             if result is None:
                 return
             if self.conversation is None:
@@ -407,19 +423,21 @@ class ChatScreen(Screen[None]):
                 self._reload_conversation()
             self.notify("Settings saved for this conversation.")
 
-        self.app.push_screen(SettingsScreen(current), apply)
+        self.app.push_screen(SettingsScreen(current), functools.partial(apply, self))
 
+    @notify_store_errors
     def _rename(self, conversation_id: str) -> None:
         conv = self.store.get_conversation(conversation_id)
 
-        def apply(title: str | None) -> None:
+        @notify_store_errors
+        def apply(self: ChatScreen, title: str | None) -> None:
             if title:
                 self.store.rename(conversation_id, title)
                 if self.conversation is not None and self.conversation.id == conversation_id:
                     self.conversation = replace(self.conversation, title=title)
                 self.sidebar.reload()
 
-        self.app.push_screen(RenameScreen(conv.title), apply)
+        self.app.push_screen(RenameScreen(conv.title), functools.partial(apply, self))
 
     def action_rename(self) -> None:
         """Rename the open conversation."""
@@ -431,11 +449,13 @@ class ChatScreen(Screen[None]):
         self._rename(event.conversation_id)
 
     @on(ConversationList.DeleteRequested)
+    @notify_store_errors
     def on_delete_requested(self, event: ConversationList.DeleteRequested) -> None:
         conv_id = event.conversation_id
         title = self.store.get_conversation(conv_id).title or "(untitled)"
 
-        async def apply(confirmed: bool | None) -> None:
+        @notify_store_errors
+        async def apply(self: ChatScreen, confirmed: bool | None) -> None:
             if not confirmed:
                 return
             if self.conversation is not None and self.conversation.id == conv_id:
@@ -447,4 +467,5 @@ class ChatScreen(Screen[None]):
             self.sidebar.reload()
             self.notify("Conversation deleted.")
 
-        self.app.push_screen(ConfirmScreen(f"Delete “{title}”? This cannot be undone."), apply)
+        question = f"Delete “{title}”? This cannot be undone."
+        self.app.push_screen(ConfirmScreen(question), functools.partial(apply, self))

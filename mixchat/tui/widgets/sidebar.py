@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
-from mixchat.store import ConversationStore, ConversationSummary
+from mixchat.store import ConversationStore, ConversationSummary, StoreError
 from mixchat.textsafe import neutralize
 
 LIST_LIMIT = 500
@@ -84,9 +84,12 @@ class Sidebar(Vertical):
     def reload(self) -> None:
         """Refill the list for the current search text."""
         query = self.query_one("#search", Input).value.strip()
-        rows = self.store.list_conversations(limit=LIST_LIMIT)
+        try:
+            rows, hit_ids = self._rows(query)
+        except StoreError as exc:
+            self.notify(str(exc), title="The conversation store failed", severity="error")
+            return
         if query:
-            hit_ids = [h.conversation_id for h in self.store.search(query, limit=200)]
             folded = query.casefold()
             by_id = {r.id: r for r in rows}
             wanted = [r for r in rows if folded in r.title.casefold()]
@@ -107,6 +110,11 @@ class Sidebar(Vertical):
                     return
         if rows:
             options.highlighted = 0
+
+    def _rows(self, query: str) -> tuple[list[ConversationSummary], list[str]]:
+        rows = self.store.list_conversations(limit=LIST_LIMIT)
+        hits = self.store.search(query, limit=200) if query else []
+        return rows, [h.conversation_id for h in hits]
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
