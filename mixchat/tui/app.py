@@ -5,10 +5,12 @@ the UI is already usable."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from textual import on, work
+from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -52,6 +54,11 @@ class MixchatApp(App[None]):
         self.resume_id = resume_id
         self.engine: Engine | None = None
         self.themes = ThemeManager(self, on_saved=on_theme_saved)
+        self._model_settled = asyncio.Event()
+
+    async def wait_for_model(self) -> None:
+        """Wait until the model has loaded or failed to (for tests and scripts)."""
+        await self._model_settled.wait()
 
     def get_default_screen(self) -> Screen[None]:
         return ChatScreen(self.store, self.settings, self.resume_id)
@@ -69,9 +76,20 @@ class MixchatApp(App[None]):
 
     # -- the model ----------------------------------------------------------
 
-    @work(thread=True, group="load", exit_on_error=False)
     def _load_model(self) -> None:
-        engine = self.engine_factory(self.settings)
+        # A daemon thread rather than a Textual worker: loading Mixtral takes minutes and
+        # cannot be interrupted, and quitting must not wait for it.
+        self._loader = threading.Thread(
+            target=self._load_in_thread, name="mixchat-load", daemon=True
+        )
+        self._loader.start()
+
+    def _load_in_thread(self) -> None:
+        try:
+            engine = self.engine_factory(self.settings)
+        except Exception as exc:  # a broken factory is a load failure like any other
+            self.post_message(ModelFailed(f"{type(exc).__name__}: {exc}"))
+            return
         try:
             for event in engine.load():
                 if isinstance(event, LoadProgress):
@@ -79,9 +97,10 @@ class MixchatApp(App[None]):
                     self.post_message(ModelLoading(event.stage, percent))
                 elif isinstance(event, Notice):
                     self.post_message(ModelNotice(event.message))
-        except EngineError as exc:
+        except Exception as exc:
             engine.close()
-            self.post_message(ModelFailed(str(exc)))
+            message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            self.post_message(ModelFailed(message))
             return
         self.engine = engine
         self.post_message(ModelReady(engine.info()))
@@ -99,11 +118,13 @@ class MixchatApp(App[None]):
     def on_model_ready(self, message: ModelReady) -> None:
         if self.engine is not None:
             self.chat_screen.model_ready(self.engine)
+        self._model_settled.set()
 
     @on(ModelFailed)
     def on_model_failed(self, message: ModelFailed) -> None:
         self.chat_screen.status.state = "error: model not loaded"
         self.notify(message.error, title="Model failed to load", severity="error", timeout=30)
+        self._model_settled.set()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker errors end up: shown, never fatal."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from textual.widgets import Markdown, OptionList
 
 from mixchat.config import read_toml
@@ -24,6 +25,7 @@ SIZE = (110, 36)
 async def ready(pilot) -> ChatScreen:  # type: ignore[no-untyped-def]
     """Wait until the model is loaded and return the chat screen."""
     app: MixchatApp = pilot.app
+    await app.wait_for_model()
     await app.workers.wait_for_complete()
     await pilot.pause()
     screen = app.chat_screen
@@ -303,7 +305,7 @@ async def test_model_load_failure_is_shown_and_messages_still_saved(
 
     app = make_app(engine_factory=lambda _s: Broken())
     async with app.run_test(size=SIZE) as pilot:
-        await app.workers.wait_for_complete()
+        await app.wait_for_model()
         await pilot.pause()
         screen = app.chat_screen
         assert screen.status.state.startswith("error")
@@ -334,7 +336,7 @@ async def test_message_sent_while_loading_waits_for_model(
         assert screen.waiting_for_model
         assert only_conversation(store).messages[0].content == "early bird"
         release.set()
-        await wait_reply(pilot)
+        await app.wait_for_model()
         await wait_reply(pilot)
         assert [m.content for m in only_conversation(store).messages] == [
             "early bird",
@@ -455,3 +457,23 @@ async def test_long_conversation_renders_newest_first_and_more_on_request(
         assert len(screen.query(".message")) == 100
         assert not screen.query("#earlier")
         assert [b.source for b in screen.query(UserBlock)][:2] == ["question 0", "question 1"]
+
+
+@pytest.mark.timeout(60)
+async def test_quit_while_the_model_loads_does_not_wait_for_it(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    never = threading.Event()
+
+    class Stuck(ScriptedEngine):
+        def load(self):  # type: ignore[no-untyped-def]
+            never.wait(600)
+            yield from super().load()
+
+    app = make_app(engine_factory=lambda _s: Stuck())
+    async with app.run_test(size=SIZE) as pilot:
+        await type_and_send(pilot, "saved before quitting")
+        await pilot.pause()
+        await pilot.press("ctrl+q")
+    assert only_conversation(store).messages[0].content == "saved before quitting"
+    never.set()

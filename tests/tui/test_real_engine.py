@@ -25,9 +25,10 @@ async def test_chat_with_the_tiny_mixtral(tiny_model: Path) -> None:
         prompt.focus()
         prompt.text = "Hello Mixtral"
         await pilot.press("enter")
-        for _ in range(3):  # load worker, then the reply worker it starts
-            await app.workers.wait_for_complete()
+        await app.wait_for_model()
+        for _ in range(3):  # the reply worker the loaded model starts
             await pilot.pause()
+            await app.workers.wait_for_complete()
         screen = app.chat_screen
         assert screen.engine is not None
         info = screen.engine.info()

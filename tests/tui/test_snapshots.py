@@ -52,6 +52,7 @@ def _app(theme: str) -> MixchatApp:
 
 
 async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
+    await pilot.app.wait_for_model()
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
     await pilot.pause()
