@@ -20,26 +20,21 @@ class TranscriptError(ValueError):
     """An import file does not hold a conversation we can read."""
 
 
-def to_json(conv: Conversation) -> dict[str, Any]:
-    """OpenAI-style ``messages`` plus mixchat's metadata, loss-free for ``from_json``."""
-    messages: list[dict[str, Any]] = []
-    if conv.system_prompt:
-        messages.append({"role": "system", "content": conv.system_prompt})
-    for msg in conv.messages:
-        item: dict[str, Any] = {"role": msg.role.value, "content": msg.content}
-        meta = {
-            "status": msg.status.value,
-            "created_at": msg.created_at,
-            "prompt_tokens": msg.prompt_tokens,
-            "completion_tokens": msg.completion_tokens,
-            "ttft_s": msg.ttft_s,
-            "duration_s": msg.duration_s,
-        }
-        item["mixchat"] = {k: v for k, v in meta.items() if v is not None}
-        messages.append(item)
+def message_meta(msg: Message) -> dict[str, Any]:
+    """A message's status, timestamps and token figures as JSON-ready values."""
     return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "status": msg.status.value,
+        "created_at": msg.created_at,
+        "prompt_tokens": msg.prompt_tokens,
+        "completion_tokens": msg.completion_tokens,
+        "ttft_s": msg.ttft_s,
+        "duration_s": msg.duration_s,
+    }
+
+
+def conversation_header(conv: Conversation) -> dict[str, Any]:
+    """A conversation's metadata as JSON-ready values."""
+    return {
         "id": conv.id,
         "title": conv.title,
         "model": conv.model,
@@ -47,6 +42,22 @@ def to_json(conv: Conversation) -> dict[str, Any]:
         "updated_at": conv.updated_at,
         "system_prompt": conv.system_prompt,
         "settings": conv.settings,
+    }
+
+
+def to_json(conv: Conversation) -> dict[str, Any]:
+    """OpenAI-style ``messages`` plus mixchat's metadata, loss-free for ``from_json``."""
+    messages: list[dict[str, Any]] = []
+    if conv.system_prompt:
+        messages.append({"role": "system", "content": conv.system_prompt})
+    for msg in conv.messages:
+        item: dict[str, Any] = {"role": msg.role.value, "content": msg.content}
+        item["mixchat"] = {k: v for k, v in message_meta(msg).items() if v is not None}
+        messages.append(item)
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        **conversation_header(conv),
         "messages": messages,
     }
 

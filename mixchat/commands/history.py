@@ -14,7 +14,15 @@ from pathlib import Path
 
 from mixchat.store import MARK_END, MARK_START, ConversationStore
 from mixchat.textsafe import neutralize, scrub_surrogates
-from mixchat.transcript import TranscriptError, from_json, to_json, to_markdown, to_text
+from mixchat.transcript import (
+    TranscriptError,
+    conversation_header,
+    from_json,
+    message_meta,
+    to_json,
+    to_markdown,
+    to_text,
+)
 
 SHORT_ID = 8
 
@@ -59,25 +67,9 @@ def show_conversation(conversation_id: str, as_json: bool) -> None:
         conv = store.get_conversation(conversation_id)
     if as_json:
         payload = {
-            "id": conv.id,
-            "title": conv.title,
-            "model": conv.model,
-            "created_at": conv.created_at,
-            "updated_at": conv.updated_at,
-            "system_prompt": conv.system_prompt,
-            "settings": conv.settings,
+            **conversation_header(conv),
             "messages": [
-                {
-                    "id": m.id,
-                    "role": m.role.value,
-                    "content": m.content,
-                    "status": m.status.value,
-                    "prompt_tokens": m.prompt_tokens,
-                    "completion_tokens": m.completion_tokens,
-                    "ttft_s": m.ttft_s,
-                    "duration_s": m.duration_s,
-                    "created_at": m.created_at,
-                }
+                {"id": m.id, "role": m.role.value, "content": m.content, **message_meta(m)}
                 for m in conv.messages
             ],
         }
