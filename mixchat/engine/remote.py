@@ -23,12 +23,15 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from mixchat.config import Settings
 from mixchat.conversation import Message, Role
 from mixchat.engine.base import (
+    ContextTrimmed,
     EngineError,
     Event,
     Failed,
@@ -47,6 +50,21 @@ DEFAULT_API_KEY_ENV = "MIXCHAT_API_KEY"
 _POLL_S = 0.05  # how often a waiting stream looks at its cancel event
 _JOIN = "\n\n"  # as mixchat.prompt joins same-role runs and the system prompt
 _END = object()  # the reader thread's "stream ended" marker
+
+
+@dataclass(frozen=True)
+class FittedHistory:
+    """The messages that fit the context, how many were dropped, the prompt's token count."""
+
+    messages: list[Message]
+    dropped: int
+    prompt_tokens: int
+
+
+def _mistral_v1_model() -> str:
+    import mistral_common
+
+    return str(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1")
 
 
 def base_url(endpoint: str) -> str:
@@ -121,6 +139,7 @@ class RemoteEngine:
         self._client: Any = None
         self._info: ModelInfo | None = None
         self._served: list[str] | None = None  # model ids from /v1/models, if it answered
+        self._counter: Any = None  # SentencePiece token counter for context fitting
 
     # -- loading ----------------------------------------------------------
 
@@ -148,7 +167,9 @@ class RemoteEngine:
         client = self._client or self._make_client()
         try:
             page = client.models.list()
-            self._served = [str(m.id) for m in getattr(page, "data", None) or []]
+            listed = list(getattr(page, "data", None) or [])
+            self._served = [str(m.id) for m in listed]
+            self._adopt_context_length(listed)
         except (
             openai.AuthenticationError,
             openai.PermissionDeniedError,
@@ -179,6 +200,16 @@ class RemoteEngine:
             context_size=self.context_size,
         )
 
+    def _adopt_context_length(self, listed: list[Any]) -> None:
+        """Use the context length the server reports for our model (vLLM: max_model_len)."""
+        for entry in listed:
+            if str(getattr(entry, "id", "")) != self.settings.model:
+                continue
+            extra = getattr(entry, "model_extra", None) or {}
+            length = extra.get("max_model_len") or getattr(entry, "max_model_len", None)
+            if isinstance(length, int) and length > 0:
+                self.context_size = length
+
     def info(self) -> ModelInfo:
         """What is being talked to; valid after ``load``."""
         if self._info is None:
@@ -186,6 +217,31 @@ class RemoteEngine:
         return self._info
 
     # -- generation -------------------------------------------------------
+
+    def fit(
+        self, messages: Sequence[Message], system_prompt: str | None, max_new_tokens: int
+    ) -> FittedHistory:
+        """Drop the oldest turns so prompt + ``max_new_tokens`` fits the server's context.
+
+        Tokens are counted with Mixtral's v1 SentencePiece vocabulary (shipped with
+        mistral-common): exact for a served Mixtral, an estimate for other models.
+        Raises ``ContextOverflowError`` when the newest message alone does not fit.
+        """
+        from mixchat.prompt import SentencePieceTokenizer, build_mistral_v1_prompt, fit_to_context
+
+        if self._counter is None:
+            self._counter = SentencePieceTokenizer(_mistral_v1_model())
+        counter = self._counter
+        usable = prompt_messages(messages)
+        fitted = fit_to_context(
+            lambda msgs: build_mistral_v1_prompt(counter, msgs, system_prompt),
+            usable,
+            self.context_size,
+            max_new_tokens,
+        )
+        return FittedHistory(
+            list(usable[fitted.dropped_messages :]), fitted.dropped_messages, len(fitted.ids)
+        )
 
     def request(
         self, messages: Sequence[Message], system_prompt: str | None, params: GenerationParams
@@ -230,10 +286,13 @@ class RemoteEngine:
                 yield Failed(str(exc), kind="engine")
                 return
         try:
-            body = self.request(messages, system_prompt, params)
+            kept = self.fit(messages, system_prompt, params.max_new_tokens)
+            body = self.request(kept.messages, system_prompt, params)
         except PromptError as exc:
             yield Failed(str(exc), kind="prompt")
             return
+        if kept.dropped:
+            yield ContextTrimmed(kept.dropped, kept.prompt_tokens, self.context_size)
         if cancel.is_set():
             yield Finished("cancelled")
             return

@@ -145,7 +145,12 @@ class StubHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if not self._authorized():
             return
-        self._json(200, {"object": "list", "data": [{"id": "ok", "object": "model"}]})
+        # vLLM reports each model's context length as max_model_len.
+        models = [
+            {"id": "ok", "object": "model"},
+            {"id": "short", "object": "model", "max_model_len": 256},
+        ]
+        self._json(200, {"object": "list", "data": models})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -156,7 +161,7 @@ class StubHandler(BaseHTTPRequestHandler):
         if model == "busy":
             self._json(429, {"error": {"message": "rate limited", "code": 429}})
             return
-        if model != "ok" and not model.startswith("stream-"):
+        if model not in ("ok", "short") and not model.startswith("stream-"):
             message = f"The model `{model}` does not exist."
             self._json(404, {"error": {"message": message, "type": "NotFoundError", "code": 404}})
             return

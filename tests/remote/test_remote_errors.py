@@ -76,10 +76,13 @@ def test_api_key_comes_from_the_named_variable_and_never_shows(
 def test_unknown_model_names_what_is_served(stub: StubServer) -> None:
     engine = RemoteEngine(Settings(model="mixtral"), stub.url)
     loaded = list(engine.load())
-    assert Notice(f"{stub.url} lists ok, not mixtral; pass the served name with --model") in loaded
+    notice = f"{stub.url} lists ok, short, not mixtral; pass the served name with --model"
+    assert Notice(notice) in loaded
     events = list(engine.stream(HELLO, None, PARAMS, threading.Event()))
     engine.close()
-    assert only_failure(events) == f"model 'mixtral' not found at {stub.url} (404); it serves ok"
+    assert only_failure(events) == (
+        f"model 'mixtral' not found at {stub.url} (404); it serves ok, short"
+    )
 
 
 def test_rate_limit_is_one_line_and_not_retried(stub: StubServer) -> None:
