@@ -39,6 +39,10 @@ Q4Opt = Annotated[bool, typer.Option("--4bit", help="NF4 4-bit weights (bitsandb
 Q8Opt = Annotated[bool, typer.Option("--8bit", help="8-bit weights (bitsandbytes).")]
 FlashOpt = Annotated[bool, typer.Option("--flash-attn", help="Use flash-attention 2 if possible.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device-map", help="auto | cpu | cuda:N.")]
+MaxMemOpt = Annotated[
+    str | None,
+    typer.Option("--max-memory", help="Per-device limits for auto placement: 0=70GiB,1=70GiB."),
+]
 RemoteOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Run code shipped with the model.")
 ]
@@ -68,6 +72,7 @@ def model_flags(
     device_map: str | None,
     trust_remote_code: bool,
     endpoint: str | None = None,
+    max_memory: str | None = None,
 ) -> dict[str, Any]:
     """Flags as config keys; unset flags are ``None`` and do not override the config."""
     if four_bit and eight_bit:
@@ -88,6 +93,7 @@ def model_flags(
         "device_map": device_map,
         "trust_remote_code": True if trust_remote_code else None,
         "endpoint": endpoint,
+        "max_memory": max_memory,
     }
 
 
@@ -108,6 +114,7 @@ def main_callback(
     eight_bit: Q8Opt = False,
     flash_attn: FlashOpt = False,
     device_map: DeviceOpt = None,
+    max_memory: MaxMemOpt = None,
     trust_remote_code: RemoteOpt = False,
     endpoint: EndpointOpt = None,
     resume: Annotated[
@@ -141,6 +148,7 @@ def main_callback(
         device_map,
         trust_remote_code,
         endpoint,
+        max_memory,
     )
     raise typer.Exit(run_interactive(flags, resume, continue_last))
 
@@ -162,6 +170,7 @@ def ask(
     eight_bit: Q8Opt = False,
     flash_attn: FlashOpt = False,
     device_map: DeviceOpt = None,
+    max_memory: MaxMemOpt = None,
     trust_remote_code: RemoteOpt = False,
     endpoint: EndpointOpt = None,
     continue_last: Annotated[
@@ -195,6 +204,7 @@ def ask(
         device_map,
         trust_remote_code,
         endpoint,
+        max_memory,
     )
     request = AskRequest(
         prompt=prompt,

@@ -7,6 +7,7 @@ and a line of documentation; ``mixchat config`` prints them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -32,6 +33,7 @@ class Settings:
     quantization: str = "none"
     attention: str = "auto"
     device_map: str = "auto"
+    max_memory: str = ""
     trust_remote_code: bool = False
     system_prompt: str | None = None
     temperature: float = 0.7
@@ -114,6 +116,30 @@ def _integer(
     return parse
 
 
+_MEMORY_ITEM = re.compile(r"^(cpu|\d+)=(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB)$", re.IGNORECASE)
+
+
+def parse_max_memory(value: str) -> dict[int | str, str]:
+    """``"0=70GiB,1=70GiB,cpu=200GiB"`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``."""
+    limits: dict[int | str, str] = {}
+    for item in value.split(","):
+        match = _MEMORY_ITEM.match(item.strip())
+        if match is None:
+            raise ValueError("must look like 0=70GiB,1=70GiB,cpu=200GiB")
+        device, amount, unit = match.groups()
+        key: int | str = int(device) if device.isdigit() else "cpu"
+        limits[key] = f"{amount}{unit}"
+    return limits
+
+
+def _max_memory(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string like 0=70GiB,1=70GiB")
+    if value.strip():
+        parse_max_memory(value)
+    return value.strip()
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
@@ -158,6 +184,11 @@ FIELDS: dict[str, Field] = {
             _choice("auto", "sdpa", "eager", "flash_attention_2"),
         ),
         Field("device_map", "auto, cpu or cuda:N", _text),
+        Field(
+            "max_memory",
+            "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB",
+            _max_memory,
+        ),
         Field("trust_remote_code", "run code shipped with the model (off by default)", _boolean),
         Field("system_prompt", "system prompt for new conversations", _optional_text),
         Field("temperature", "sampling temperature; 0 means greedy", _number(0.0, 100.0)),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixchat.config import Settings
+from mixchat.config import Settings, parse_max_memory
 from mixchat.engine.base import EngineError
 from mixchat.engine.resolve import check_weights, read_config
 
@@ -74,6 +74,18 @@ def _device_map(setting: str, cuda: bool) -> Any:
             raise EngineError(f"--device-map {setting}: no CUDA GPU is available")
         return {"": setting}
     raise EngineError(f"--device-map {setting}: expected auto, cpu or cuda:N")
+
+
+def _max_memory(
+    settings: Settings, device_map: Any, notice: Callable[[str], None]
+) -> dict[int | str, str] | None:
+    """Per-device limits for accelerate's placement; only meaningful with ``auto``."""
+    if not settings.max_memory:
+        return None
+    if device_map != "auto":
+        notice("--max-memory applies only with --device-map auto on CUDA; ignored")
+        return None
+    return parse_max_memory(settings.max_memory)
 
 
 def _quantization_config(setting: str, dtype: str, cuda: bool) -> Any:
@@ -245,6 +257,8 @@ def load_model(
     attention = choose_attention(settings.attention, cuda, emit_notice)
     device_map = _device_map(settings.device_map, cuda)
     if settings.quantization != "none" and config.get("model_type") == "mixtral":
+        if settings.max_memory:
+            emit_notice("--max-memory is ignored: a quantized Mixtral loads onto one device")
         with _load_errors(model_dir):
             model = _load_quantized_mixtral(
                 model_dir, settings, dtype, attention, device_map, progress, emit_notice
@@ -264,6 +278,7 @@ def load_model(
                 model_dir,
                 dtype=getattr(torch, dtype),
                 device_map=device_map,
+                max_memory=_max_memory(settings, device_map, emit_notice),
                 attn_implementation=attention,
                 quantization_config=quant,
                 use_safetensors=True,

@@ -370,3 +370,27 @@ def test_failed_load_leaves_file_untouched() -> None:
     with pytest.raises(ConfigError):
         load_settings()
     assert path.read_bytes() == before
+
+
+def test_max_memory_parses_per_device_limits() -> None:
+    from mixchat.config import parse_max_memory
+
+    assert parse_max_memory("0=70GiB, 1=70.5GiB,cpu=200GB") == {
+        0: "70GiB",
+        1: "70.5GiB",
+        "cpu": "200GB",
+    }
+    settings = load_settings({"max_memory": "0=40GiB"})
+    assert settings.max_memory == "0=40GiB"
+    for bad in ("70GiB", "0=70", "gpu=1GiB", "0=70GiB,,"):
+        with pytest.raises(ConfigError, match="--max-memory"):
+            load_settings({"max_memory": bad})
+
+
+def test_max_memory_is_ignored_with_a_notice_off_auto_placement() -> None:
+    from mixchat.engine.loader import _max_memory
+
+    notes: list[str] = []
+    assert _max_memory(Settings(max_memory="0=10GiB"), None, notes.append) is None
+    assert notes and "--max-memory" in notes[0]
+    assert _max_memory(Settings(max_memory="0=10GiB"), "auto", notes.append) == {0: "10GiB"}
