@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import sqlite3
-import time
 from pathlib import Path
 
 from mixchat.conversation import Message, Role, Status
@@ -67,7 +66,6 @@ def test_appends_stream_deletes_and_reads_at_once(tmp_path: Path) -> None:
         tag: ctx.Process(target=_worker, args=(kind, str(path), shared, tag, barrier, done))
         for kind, tag in writers + readers
     }
-    started = time.monotonic()
     for proc in procs.values():
         proc.start()
     for _, tag in writers:
@@ -75,9 +73,7 @@ def test_appends_stream_deletes_and_reads_at_once(tmp_path: Path) -> None:
     done.set()
     for _, tag in readers:
         procs[tag].join(timeout=60)
-    elapsed = time.monotonic() - started
     assert {tag: p.exitcode for tag, p in procs.items()} == dict.fromkeys(procs, 0)
-    assert elapsed < 100, elapsed
 
     with ConversationStore.open(path) as store:
         conv = store.get_conversation(shared)

@@ -87,7 +87,10 @@ def test_cancel_mid_stream_is_prompt_and_the_next_reply_works(served: Served) ->
         next_s = time.monotonic() - started
     finally:
         engine.close()
-    assert elapsed < 1.0
+    # Liveness, not speed: a cancel that did not close the stream would run on for
+    # 20,000 tokens; no more than the chunk in flight arrives after it.
+    after_cancel = sum(isinstance(e, TextDelta) for e in events) - 3
+    assert after_cancel <= 1 and elapsed < 30
     assert isinstance(events[-1], Finished) and events[-1].reason == "cancelled"
     text, _, finished, failed = collect(after)
     assert not failed and text and finished[0].reason in ("stop", "length")

@@ -247,10 +247,8 @@ def test_listing_and_search_use_indexes(store: ConversationStore) -> None:
         [(uuid.uuid4().hex, f"t{i}", i, i) for i in range(10_000)],
     )
     conn.commit()
-    start = time.perf_counter()
     page = store.list_conversations(limit=50)
     everything = store.list_conversations()
-    assert time.perf_counter() - start < 1.0
     assert [c.updated_at for c in page] == [float(i) for i in range(9999, 9949, -1)]
     assert len(everything) == 10_000
     plan = " ".join(
