@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from mixchat.conversation import Message, Role, Status
+from mixchat.textsafe import scrub_surrogates
 
 # mistral-common joins consecutive same-role messages, and the system prompt to the first
 # user message, with this string.
@@ -92,15 +93,6 @@ class PromptTokens:
     text: str
     # The first `dropped_messages` messages of the list given to fit_to_context were left out.
     dropped_messages: int = 0
-
-
-def scrub_surrogates(text: str) -> str:
-    """Make text encodable as UTF-8: join valid surrogate pairs, turn lone ones into U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return text
 
 
 def prompt_messages(messages: Sequence[Message]) -> list[Message]:

@@ -126,12 +126,3 @@ def stream_reply(
     if recorder.outcome.finish_reason in ("stop", "length"):
         return recorder.finish(Status.COMPLETE)
     return recorder.finish(Status.INTERRUPTED)
-
-
-def prompt_history(messages: Sequence[Message]) -> list[Message]:
-    """The messages a prompt is built from: failed replies and empty partials left out."""
-    return [
-        m
-        for m in messages
-        if m.status is not Status.ERROR and (m.content or m.role.value == "user")
-    ]

@@ -11,15 +11,17 @@ import re
 
 # C0 controls except TAB and LF, DEL, C1 controls; CR is included (it can overwrite a line).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def neutralize(text: str) -> str:
     """Replace control characters with visible escapes and lone surrogates with U+FFFD."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return _SURROGATE.sub("\ufffd", text)
+    return scrub_surrogates(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def scrub_surrogates(text: str) -> str:
-    """Lone surrogates cannot be encoded as UTF-8; replace them with U+FFFD."""
-    return _SURROGATE.sub("\ufffd", text)
+    """Make text encodable as UTF-8: join valid surrogate pairs, turn lone ones into U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text

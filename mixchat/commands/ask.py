@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from mixchat.commands.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail
 from mixchat.config import Settings, load_settings
-from mixchat.conversation import Conversation, Message, Role, Status
+from mixchat.conversation import Conversation, Message, Role
 from mixchat.engine.base import (
     ContextTrimmed,
     EngineError,
@@ -119,7 +119,8 @@ class _Progress:
 
 def run_ask(request: AskRequest) -> int:
     """Run ``mixchat ask``; returns the exit code."""
-    from mixchat.session import ReplyRecorder, prompt_history, stream_reply
+    from mixchat.prompt import prompt_messages
+    from mixchat.session import ReplyRecorder, stream_reply
 
     settings = load_settings(request.flags)
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
@@ -132,9 +133,9 @@ def run_ask(request: AskRequest) -> int:
 
     store, conv = _open_conversation(request, settings)
     system_prompt = request.flags.get("system_prompt") or (
-        conv.system_prompt if conv is not None and conv.id else settings.system_prompt
+        conv.system_prompt if conv is not None else settings.system_prompt
     )
-    history = prompt_history(conv.messages if conv else [])
+    history = prompt_messages(conv.messages if conv else [])
     user_message = Message(role=Role.USER, content=prompt)
     params = params_from(settings)
 
@@ -149,7 +150,7 @@ def run_ask(request: AskRequest) -> int:
         conversation_id: str | None = None
         created = False
         if store is not None:
-            if conv is None or not conv.id:
+            if conv is None:
                 conv = store.create_conversation(
                     model=settings.model,
                     system_prompt=system_prompt,
@@ -292,6 +293,3 @@ def _show_prompt(
         print(text)
         print(json.dumps(built.ids))
     return 0
-
-
-__all__ = ["AskRequest", "Status", "run_ask"]

@@ -133,7 +133,9 @@ def diagnose(settings: Settings) -> Report:
                 )
     report.bitsandbytes = _version("bitsandbytes")
     if report.bitsandbytes is not None:
-        report.bitsandbytes_works = _bitsandbytes_works(bool(report.gpus))
+        report.bitsandbytes_works = _bitsandbytes_works(
+            bool(report.gpus), "8bit" if settings.quantization == "8bit" else "4bit"
+        )
     report.flash_attn = _version("flash-attn") or _version("flash_attn")
     _model_facts(settings, report)
     if report.parameters is not None:
@@ -145,20 +147,18 @@ def diagnose(settings: Settings) -> Report:
     return report
 
 
-def _bitsandbytes_works(cuda: bool) -> bool:
+def _bitsandbytes_works(cuda: bool, quantization: str) -> bool:
+    """The loader's own probe: quantize and multiply with the ops the model will use."""
+    import torch
+
+    from mixchat.engine.base import EngineError
+    from mixchat.engine.quant import check_device_support
+
     try:
-        import torch
-
-        from mixchat.engine.quant import import_bnb
-
-        bnb = import_bnb()
-        device = "cuda" if cuda else "cpu"
-        weight = torch.randn(64, 64, device=device, dtype=torch.float32)
-        packed, state = bnb.functional.quantize_4bit(weight, quant_type="nf4")
-        bnb.functional.dequantize_4bit(packed, state)
-        return True
-    except Exception:
+        check_device_support(quantization, torch.device("cuda" if cuda else "cpu"))
+    except EngineError:
         return False
+    return True
 
 
 def _gb(value: int | None) -> str:

@@ -43,7 +43,8 @@ from mixchat.engine.base import (
     TextDelta,
     Usage,
 )
-from mixchat.prompt import PromptError, prompt_messages, scrub_surrogates
+from mixchat.prompt import PromptError, prompt_messages
+from mixchat.textsafe import scrub_surrogates
 
 DEFAULT_CONTEXT_SIZE = 32768
 DEFAULT_API_KEY_ENV = "MIXCHAT_API_KEY"

@@ -11,7 +11,8 @@ from mixchat.config import Settings
 from mixchat.conversation import Message, Role, Status
 from mixchat.engine.base import GenerationParams, TextDelta
 from mixchat.engine.remote import RemoteEngine
-from mixchat.session import ReplyRecorder, prompt_history, stream_reply
+from mixchat.prompt import prompt_messages
+from mixchat.session import ReplyRecorder, stream_reply
 from mixchat.store import ConversationStore
 from tests.remote.conftest import Served, StubServer
 
@@ -30,7 +31,7 @@ def reply_to(store: ConversationStore, engine: RemoteEngine) -> tuple[str, Messa
         settings={},
         first_message=Message(Role.USER, "Tell me a story."),
     )
-    history = prompt_history(store.get_conversation(conv.id).messages)
+    history = prompt_messages(store.get_conversation(conv.id).messages)
     streamed: list[str] = []
     outcome = stream_reply(
         engine,

@@ -20,7 +20,8 @@ from mixchat.engine.base import (
     Usage,
 )
 from mixchat.engine.scripted import ScriptedEngine
-from mixchat.session import ReplyRecorder, prompt_history, stream_reply
+from mixchat.prompt import prompt_messages
+from mixchat.session import ReplyRecorder, stream_reply
 from mixchat.store import ConversationStore
 
 PARAMS = GenerationParams(temperature=0.0, max_new_tokens=32, seed=1)
@@ -65,7 +66,7 @@ class Chat:
 def chat(store: ConversationStore) -> Chat:
     conv = store.create_conversation(model="scripted", system_prompt="SYS", settings={})
     store.append_message(conv.id, Message(Role.USER, "hello there"))
-    history = prompt_history(store.get_conversation(conv.id).messages)
+    history = prompt_messages(store.get_conversation(conv.id).messages)
     return Chat(store, conv.id, history)
 
 
@@ -350,7 +351,7 @@ def test_explicit_checkpoint_writes_the_text_so_far(
 # -- prompt history -------------------------------------------------------------------
 
 
-def test_prompt_history_filters_failed_and_empty_replies() -> None:
+def test_prompt_messages_filters_failed_and_empty_replies() -> None:
     q1 = Message(Role.USER, "q1")
     a1 = Message(Role.ASSISTANT, "a1")
     q2 = Message(Role.USER, "q2")
@@ -364,7 +365,7 @@ def test_prompt_history_filters_failed_and_empty_replies() -> None:
     q5 = Message(Role.USER, "")
     msgs = [q1, a1, q2, empty_partial, q3, partial, q4, failed, failed_empty, empty_complete, q5]
 
-    kept = prompt_history(msgs)
+    kept = prompt_messages(msgs)
     assert [id(m) for m in kept] == [id(m) for m in (q1, a1, q2, q3, partial, q4, q5)]
     assert len(msgs) == 11  # the input is not modified
 
@@ -376,7 +377,7 @@ def test_next_prompt_leaves_out_failed_reply_but_keeps_partial(chat: Chat) -> No
 
     chat.store.append_message(chat.conv_id, Message(Role.USER, "again"))
     engine.queue("half", "more")
-    nxt = Chat(chat.store, chat.conv_id, prompt_history(saved_messages(chat.conv_id)))
+    nxt = Chat(chat.store, chat.conv_id, prompt_messages(saved_messages(chat.conv_id)))
 
     def stop_after_first(event: Event) -> None:
         if isinstance(event, TextDelta):
@@ -384,7 +385,7 @@ def test_next_prompt_leaves_out_failed_reply_but_keeps_partial(chat: Chat) -> No
 
     nxt.run(engine, nxt.recorder(), stop_after_first)
 
-    third = prompt_history(saved_messages(chat.conv_id))
+    third = prompt_messages(saved_messages(chat.conv_id))
     assert [(m.role, m.content, m.status) for m in third] == [
         (Role.USER, "hello there", Status.COMPLETE),
         (Role.USER, "again", Status.COMPLETE),
