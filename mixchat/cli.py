@@ -57,20 +57,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def model_flags(
-    model: str | None,
-    system: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    repetition_penalty: float | None,
-    max_tokens: int | None,
-    seed: int | None,
-    dtype: str | None,
-    four_bit: bool,
-    eight_bit: bool,
-    flash_attn: bool,
-    device_map: str | None,
-    trust_remote_code: bool,
+    *,
+    model: str | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    dtype: str | None = None,
+    four_bit: bool = False,
+    eight_bit: bool = False,
+    flash_attn: bool = False,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
     endpoint: str | None = None,
     max_memory: str | None = None,
 ) -> dict[str, Any]:
@@ -95,6 +96,12 @@ def model_flags(
         "endpoint": endpoint,
         "max_memory": max_memory,
     }
+
+
+def _model_options(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The model and generation options among a command's parameters (``locals()``)."""
+    names = model_flags.__kwdefaults__ or {}
+    return {name: value for name, value in parameters.items() if name in names}
 
 
 @app.callback(invoke_without_command=True)
@@ -132,24 +139,7 @@ def main_callback(
         return
     from mixchat.commands.interactive import run_interactive
 
-    flags = model_flags(
-        model,
-        system,
-        temperature,
-        top_p,
-        top_k,
-        repetition_penalty,
-        max_tokens,
-        seed,
-        dtype,
-        four_bit,
-        eight_bit,
-        flash_attn,
-        device_map,
-        trust_remote_code,
-        endpoint,
-        max_memory,
-    )
+    flags = model_flags(**_model_options(locals()))
     raise typer.Exit(run_interactive(flags, resume, continue_last))
 
 
@@ -188,24 +178,7 @@ def ask(
     """Ask one question and stream the answer to stdout."""
     from mixchat.commands.ask import AskRequest, run_ask
 
-    flags = model_flags(
-        model,
-        system,
-        temperature,
-        top_p,
-        top_k,
-        repetition_penalty,
-        max_tokens,
-        seed,
-        dtype,
-        four_bit,
-        eight_bit,
-        flash_attn,
-        device_map,
-        trust_remote_code,
-        endpoint,
-        max_memory,
-    )
+    flags = model_flags(**_model_options(locals()))
     request = AskRequest(
         prompt=prompt,
         flags=flags,
@@ -318,22 +291,7 @@ def doctor(
     """Check Python, torch, CUDA, GPUs, bitsandbytes, flash-attn, and whether the model fits."""
     from mixchat.commands.doctor import run_doctor
 
-    flags = model_flags(
-        model,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        four_bit,
-        eight_bit,
-        False,
-        None,
-        False,
-    )
+    flags = model_flags(model=model, four_bit=four_bit, eight_bit=eight_bit)
     run_doctor(flags, as_json)
 
 

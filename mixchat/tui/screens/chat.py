@@ -10,6 +10,7 @@ import functools
 import re
 import threading
 from dataclasses import replace
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -27,7 +28,8 @@ from mixchat.engine.base import (
     TextDelta,
     Usage,
 )
-from mixchat.session import ReplyRecorder, prompt_history, stream_reply
+from mixchat.prompt import prompt_messages
+from mixchat.session import ReplyRecorder, stream_reply
 from mixchat.store import ConversationStore, StoreError
 from mixchat.tui.errors import notify_store_errors
 from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, ReplyUsage
@@ -109,13 +111,18 @@ class ChatScreen(Screen[None]):
     def sidebar(self) -> Sidebar:
         return self.query_one(Sidebar)
 
+    def _setting_values(self) -> dict[str, Any]:
+        """Temperature, top-p and max tokens in effect: the open conversation's saved ones,
+        else those chosen for the next new conversation, else the configured defaults."""
+        if self.conversation is not None:
+            saved = self.conversation.settings
+            return {k: saved.get(k, getattr(self.settings, k)) for k in SETTING_KEYS}
+        source = self._new_settings or self.settings
+        return {k: getattr(source, k) for k in SETTING_KEYS}
+
     def _params(self) -> GenerationParams:
         s = self.settings
-        saved = self.conversation.settings if self.conversation else {}
-        pending = self._new_settings
-        values = {k: saved.get(k, getattr(s, k)) for k in SETTING_KEYS}
-        if pending is not None and self.conversation is None:
-            values = {k: getattr(pending, k) for k in SETTING_KEYS}
+        values = self._setting_values()
         return GenerationParams(
             temperature=float(values["temperature"]),
             top_p=float(values["top_p"]),
@@ -159,17 +166,19 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.notify("An answer is still streaming: Esc stops it.", severity="warning")
             return
+        message = Message(Role.USER, text)
         if self.conversation is None:
-            pending = self._new_settings
-            settings = {k: getattr(self.settings, k) for k in SETTING_KEYS}
-            if pending is not None:
-                settings = {k: getattr(pending, k) for k in SETTING_KEYS}
+            # One transaction: a conversation never exists without its first message.
             self.conversation = self.store.create_conversation(
-                model=self.settings.model, system_prompt=self._system_prompt(), settings=settings
+                model=self.settings.model,
+                system_prompt=self._system_prompt(),
+                settings=self._setting_values(),
+                first_message=message,
             )
             self._new_settings = None
             self.sidebar.current_id = self.conversation.id
-        self.store.append_message(self.conversation.id, Message(Role.USER, text))
+        else:
+            self.store.append_message(self.conversation.id, message)
         self._reload_conversation()
         self.query_one(PromptInput).clear()
         await self.chat.add_user(text)
@@ -192,7 +201,7 @@ class ChatScreen(Screen[None]):
         self.status.tokens_per_s = None
         self._block = await self.chat.add_assistant()
         recorder = ReplyRecorder(self.store, self.conversation.id)
-        history = prompt_history(self.conversation.messages)
+        history = prompt_messages(self.conversation.messages)
         self._run_reply(
             self.engine,
             recorder,
