@@ -146,7 +146,10 @@ def _check(db: Path, kill: Kill) -> None:
     question = messages[at]
     assert (question["role"], question["status"]) == ("user", "complete")
     after = messages[at + 1 : at + 2]
-    if kill.finished:  # not killed: a complete reply, exactly what was printed
+    finished_first = bool(after) and after[0]["status"] == "complete" and not kill.finished
+    if kill.finished or finished_first:
+        # Not killed, or the reply ended (EOS) in the moment between its last write and
+        # the kill landing: a complete reply, exactly what was printed.
         assert after[0]["status"] == "complete"
         assert after[0]["content"].encode() == kill.streamed
     elif after and after[0]["role"] == "assistant":
