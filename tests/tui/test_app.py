@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from textual.widgets import Markdown, OptionList
+from textual.widgets import Input, Markdown, OptionList
 
 from mixchat.config import read_toml
 from mixchat.conversation import Message, Role, Status
@@ -208,6 +208,18 @@ async def test_rename_delete_and_search(make_app: AppFactory, store: Conversatio
         assert options.option_count == 1
         zebra_id = options.get_option_at_index(0).id
         assert zebra_id is not None
+        # message text is searched too, the unfinished last word as a prefix
+        search_box = screen.query_one("#search", Input)
+        search_box.value = ""
+        await pilot.press(*"echo: zeb")
+        await pilot.pause()
+        assert options.option_count == 1 and options.get_option_at_index(0).id == zebra_id
+        search_box.value = ""
+        await pilot.press(*"ech")
+        await pilot.pause()
+        assert options.option_count == 2
+        search_box.value = "zebra"
+        await pilot.pause()
         # rename from the list
         options.focus()
         options.highlighted = 0

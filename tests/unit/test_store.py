@@ -279,7 +279,10 @@ def test_search_finds_words(store: ConversationStore) -> None:
     ]
     assert hits[0].title == "How do I deploy to Kubernetes?"
     assert f"{MARK_START}Kubernetes{MARK_END}" in hits[0].snippet
-    assert [h.message_id for h in store.search("DEPLOY kube")] == [user.id]  # prefix, any case
+    assert [h.message_id for h in store.search("DEPLOY kubernetes")] == [user.id]  # any case
+    assert [h.message_id for h in store.search("deploy kube*")] == [user.id]  # typed prefix
+    assert [h.message_id for h in store.search("deploy kube", typing=True)] == [user.id]
+    assert [h.message_id for h in store.search("dep kube")] == [user.id]  # no whole: prefixes
     assert [h.message_id for h in store.search("cafe")] == [reply.id]  # diacritics ignored
     assert [h.message_id for h in store.search("привет")] == [reply.id]
     assert [h.message_id for h in store.search("kubectl-apply")] == [reply.id]  # phrase
@@ -339,9 +342,10 @@ def test_search_never_raises_on_hostile_input(store: ConversationStore) -> None:
     assert len(store.search("word AND NEAR")) == 1
 
 
-def matches(word: str, term: str) -> bool:
-    """Oracle: terms match word prefixes, one-character terms whole words only."""
-    return word == term or (len(term) > 1 and word.startswith(term))
+def matches(word: str, term: str, prefix: bool) -> bool:
+    """Oracle: a term matches the whole word, or as a word prefix when ``prefix``
+    (one-character terms whole words only)."""
+    return word == term or (prefix and len(term) > 1 and word.startswith(term))
 
 
 VOCAB = [
@@ -372,16 +376,27 @@ def test_search_matches_oracle(store: ConversationStore) -> None:
 
     prefixes = sorted({w[:n] for w in VOCAB for n in range(1, len(w) + 1)})
 
-    @settings(max_examples=150, deadline=None)
-    @given(terms=st.lists(st.sampled_from(prefixes), min_size=1, max_size=3))
-    def check(terms: list[str]) -> None:
-        expected = {
+    def expected(terms: list[str], prefix: list[bool]) -> set[int]:
+        return {
             mid
             for mid, words in docs.items()
-            if all(any(matches(w, t) for w in words) for t in terms)
+            if all(any(matches(w, t, p) for w in words) for t, p in zip(terms, prefix))
         }
-        got = {h.message_id for h in store.search(" ".join(terms), limit=1000)}
-        assert got == expected
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        terms=st.lists(st.sampled_from(prefixes), min_size=1, max_size=3),
+        starred=st.lists(st.booleans(), min_size=3, max_size=3),
+        typing=st.booleans(),
+    )
+    def check(terms: list[str], starred: list[bool], typing: bool) -> None:
+        # Whole words unless typed with '*' (or last while typing); if nothing
+        # matches that way, every word as a prefix.
+        prefix = [starred[i] or (typing and i == len(terms) - 1) for i in range(len(terms))]
+        want = expected(terms, prefix) or expected(terms, [True] * len(terms))
+        query = " ".join(t + "*" * s for t, s in zip(terms, starred))
+        got = {h.message_id for h in store.search(query, limit=1000, typing=typing)}
+        assert got == want
 
     check()
 

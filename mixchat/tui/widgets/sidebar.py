@@ -83,9 +83,11 @@ class Sidebar(Vertical):
 
     def reload(self) -> None:
         """Refill the list for the current search text."""
-        query = self.query_one("#search", Input).value.strip()
+        typed = self.query_one("#search", Input).value
+        query = typed.strip()
         try:
-            rows, hit_ids = self._rows(query)
+            # The last word is still being typed unless a space follows it.
+            rows, hit_ids = self._rows(query, typing=typed == typed.rstrip())
         except StoreError as exc:
             self.notify(str(exc), title="The conversation store failed", severity="error")
             return
@@ -111,9 +113,9 @@ class Sidebar(Vertical):
         if rows:
             options.highlighted = 0
 
-    def _rows(self, query: str) -> tuple[list[ConversationSummary], list[str]]:
+    def _rows(self, query: str, typing: bool) -> tuple[list[ConversationSummary], list[str]]:
         rows = self.store.list_conversations(limit=LIST_LIMIT)
-        hits = self.store.search(query, limit=200) if query else []
+        hits = self.store.search(query, limit=200, typing=typing) if query else []
         return rows, [h.conversation_id for h in hits]
 
     def on_input_changed(self, event: Input.Changed) -> None:
