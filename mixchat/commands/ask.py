@@ -145,6 +145,14 @@ def run_ask(request: AskRequest) -> int:
     try:
         if request.show_prompt:
             return _show_prompt(engine, [*history, user_message], system_prompt, params, request)
+        from mixchat.engine.transformers import TransformersEngine
+
+        if isinstance(engine, TransformersEngine):
+            # A question too long for the context is refused before minutes of loading
+            # weights, and before it is saved: the tokenizer alone can tell (PromptError).
+            engine.load_tokenizer().build(
+                [*history, user_message], system_prompt, params.max_new_tokens
+            )
         # The question is committed before the model loads, so a crash or a kill at any
         # later moment keeps it (as the app does with a message sent while loading).
         conversation_id: str | None = None

@@ -242,3 +242,27 @@ def test_model_dir_errors(tmp_path: Path, tiny_model: Path) -> None:
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
     result = ask(pickled, "hi")
     assert result.returncode == 1 and "pickle" in result.stderr
+
+
+def test_question_too_long_for_the_context_is_refused_before_loading_weights(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # The tokenizer and a 64-token context, but no weights: only a check made before
+    # loading can answer with the context error (loading would fail on the weights).
+    model = tmp_path / "short-context"
+    model.mkdir()
+    for item in tiny_model.iterdir():
+        if item.suffix != ".safetensors" and item.is_file():
+            (model / item.name).write_bytes(item.read_bytes())
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 64
+    (model / "config.json").write_text(json.dumps(config))
+    kept = ask(tiny_model, *GREEDY, "keep me")
+    assert kept.returncode == 0, kept.stderr
+
+    result = run("ask", "--model", str(model), "--max-tokens", "8", "word " * 200)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "context" in result.stderr and "64" in result.stderr, result.stderr
+    listed = json.loads(run("list", "--json").stdout)
+    assert [c["title"] for c in listed] == ["keep me"]  # nothing saved, nothing lost
