@@ -99,13 +99,20 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument(
+        "--intermediate", type=int, default=None, help="expert width (default: 2 x hidden)"
+    )
     args = parser.parse_args()
     params = GenerationParams(temperature=0, max_new_tokens=args.reply_tokens)
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_mixtral(
-            Path(tmp) / "model", hidden_size=args.hidden, layers=args.layers, experts=args.experts
+            Path(tmp) / "model",
+            hidden_size=args.hidden,
+            layers=args.layers,
+            experts=args.experts,
+            intermediate_size=args.intermediate,
         )
         reuse = TransformersEngine(Settings(model=str(model_dir)))
         full = TransformersEngine(Settings(model=str(model_dir)), reuse_cache=False)
@@ -219,6 +226,10 @@ def report(
                 "ttft_full_min_s": full_min,
                 "ratio_last_over_first_reuse_min": round(reuse_min[-1] / reuse_min[0], 3),
                 "ratio_last_over_first_full_min": round(full_min[-1] / full_min[0], 3),
+                # The model's own arithmetic sets a floor under the ratio: attention over
+                # the history grows with it, the rest does not (see prefill_flops).
+                "flops_ratio_last_over_first": flops_ratio(args, first, prefilled),
+                "flops_ratio_mixtral_8x7b_same_tokens": flops_ratio(None, first, prefilled),
                 "raw_forward_first_turn_s": floor["first"],
                 "raw_forward_last_turn_new_tokens_s": floor["last"],
                 "ratio_last_over_first_raw_forward": round(floor["last"] / floor["first"], 3),
@@ -228,6 +239,31 @@ def report(
             }
         )
     )
+
+
+def prefill_flops(
+    hidden: int, intermediate: int, heads: int, kv_heads: int, new: int, past: int
+) -> float:
+    """Multiply-add FLOPs to prefill ``new`` tokens after ``past`` cached ones, per layer,
+    for a Mixtral layer (top-2 experts; the LM head runs on the last token only)."""
+    head_dim = hidden // heads
+    projections = 2 * hidden * (2 * hidden + 2 * kv_heads * head_dim)
+    experts = 2 * 3 * 2 * hidden * intermediate
+    # each new token attends to the history and to the new tokens before it
+    attention = 4 * hidden * new * (past + (new + 1) / 2)
+    return new * (projections + experts) + attention
+
+
+def flops_ratio(args: argparse.Namespace | None, first: dict[str, list], prefilled: list) -> float:
+    """Last turn's prefill FLOPs over the first turn's, for the benchmark model's shape
+    (``args``) or Mixtral-8x7B's (None), with this run's token counts."""
+    if args is None:
+        shape = (4096, 14336, 32, 8)
+    else:
+        shape = (args.hidden, args.intermediate or 2 * args.hidden, 4, 2)  # tiny_model heads
+    last = prefill_flops(*shape, prefilled[-1], first["cached"][-1])
+    one = prefill_flops(*shape, prefilled[0], first["cached"][0])
+    return round(last / one, 3)
 
 
 def torch_threads() -> int:

@@ -46,6 +46,7 @@ def build_tiny_mixtral(
     hidden_size: int = 64,
     layers: int = 2,
     experts: int = 4,
+    intermediate_size: int | None = None,
     seed: int = 0,
     max_positions: int = 32768,
 ) -> Path:
@@ -58,7 +59,7 @@ def build_tiny_mixtral(
     config = MixtralConfig(
         vocab_size=32000,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
