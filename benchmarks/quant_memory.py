@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from mixchat.engine.loader import weight_bytes
-from mixchat.engine.quant import import_bnb, load_quantized_mixtral
+from mixchat.engine.quant import import_bnb
+from mixchat.engine.quant_load import load_quantized_mixtral
 from tests.engine.test_quant import (
     MEMORY_SHAPE,
     RATIO_SHAPE,

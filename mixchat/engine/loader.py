@@ -181,17 +181,42 @@ def weight_bytes(model: Any) -> int:
     return total
 
 
-def _quantized_device(device_map: Any, notice: Callable[[str], None]) -> str:
-    """The one device a quantized Mixtral loads onto (it fits one GPU: ~26 GB in 4 bits)."""
-    if device_map is None:
-        return "cpu"
-    if isinstance(device_map, dict):
-        return str(device_map[""])
+def _quantized_placement(
+    model_dir: Path, settings: Settings, dtype: str, device_map: Any, notice: Callable[[str], None]
+) -> Any:
+    """Where a quantized Mixtral goes: one device, or with ``--device-map auto`` over several
+    GPUs when ``--max-memory`` limits them or it does not fit the first (a ``Placement``)."""
+    if device_map is None or isinstance(device_map, dict):
+        if settings.max_memory:
+            notice("--max-memory applies only with --device-map auto on CUDA; ignored")
+        return "cpu" if device_map is None else str(device_map[""])
     import torch
+    from transformers import AutoConfig
 
-    if torch.cuda.device_count() > 1:
-        notice("the quantized Mixtral loads onto one GPU (cuda:0); --device-map cuda:N picks it")
-    return "cuda:0"
+    from mixchat.engine.placement import (
+        GPU_RESERVE,
+        budgets_from_max_memory,
+        mixtral_sizes,
+        plan_placement,
+    )
+
+    if settings.max_memory:
+        budgets = budgets_from_max_memory(parse_max_memory(settings.max_memory))
+        if budgets.pop("cpu", None) is not None:
+            notice("--max-memory cpu=...: a quantized Mixtral stays on the GPUs; ignored")
+        if not budgets:
+            return "cuda:0"
+    elif torch.cuda.device_count() > 1:
+        budgets = {
+            f"cuda:{i}": max(0, torch.cuda.mem_get_info(i)[0] - GPU_RESERVE)
+            for i in range(torch.cuda.device_count())
+        }
+    else:
+        return "cuda:0"
+    config = AutoConfig.from_pretrained(model_dir)
+    bytes_per_value = torch.finfo(getattr(torch, dtype)).bits // 8
+    sizes = mixtral_sizes(config, settings.quantization, bytes_per_value, double_quant=True)
+    return plan_placement(sizes, int(config.num_hidden_layers), budgets)
 
 
 def _load_quantized_mixtral(
@@ -206,7 +231,7 @@ def _load_quantized_mixtral(
     """Every expert and attention projection quantized (stock bitsandbytes skips experts)."""
     import torch
 
-    from mixchat.engine.quant import load_quantized_mixtral
+    from mixchat.engine.quant_load import load_quantized_mixtral
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise EngineError(f"--{settings.quantization} needs the bitsandbytes package")
@@ -214,7 +239,7 @@ def _load_quantized_mixtral(
         model_dir,
         settings.quantization,
         compute_dtype=getattr(torch, dtype),
-        device=_quantized_device(device_map, emit_notice),
+        device=_quantized_placement(model_dir, settings, dtype, device_map, emit_notice),
         double_quant=True,
         progress=progress,
         attention=attention,
@@ -257,8 +282,6 @@ def load_model(
     attention = choose_attention(settings.attention, cuda, emit_notice)
     device_map = _device_map(settings.device_map, cuda)
     if settings.quantization != "none" and config.get("model_type") == "mixtral":
-        if settings.max_memory:
-            emit_notice("--max-memory is ignored: a quantized Mixtral loads onto one device")
         with _load_errors(model_dir):
             model = _load_quantized_mixtral(
                 model_dir, settings, dtype, attention, device_map, progress, emit_notice
@@ -318,6 +341,8 @@ def _loaded(model: Any, dtype: str, quantization: str, attention: str) -> Loaded
         dtype=dtype,
         quantization=quantization,
         attention=attention,
-        device=str(next(model.parameters()).device),
+        device="+".join(
+            dict.fromkeys(str(p.device) for p in model.parameters() if p.device.type != "meta")
+        ),
         weight_bytes=weight_bytes(model),
     )

@@ -1,42 +1,29 @@
-"""Quantized Mixtral: every expert and every attention projection in 4 or 8 bits (issue 4).
+"""Quantized Mixtral experts: every expert in 4 or 8 bits (issue 4).
 
 transformers 5 stores Mixtral's experts as fused 3-D parameters (``MixtralExperts.gate_up_proj``
 and ``down_proj``), and ``BitsAndBytesConfig`` only swaps ``nn.Linear`` modules, so stock
 ``load_in_4bit`` leaves the experts, 45.1B of Mixtral's 46.7B parameters, in full precision
-(bitsandbytes issue #1849). Here the model is built on the meta device, each layer's experts are
-replaced by ``QuantizedMixtralExperts`` and its attention projections by bitsandbytes'
-``Linear4bit`` / ``Linear8bitLt``, and the checkpoint is streamed one tensor at a time from its
-safetensors shards; each weight is quantized (bitsandbytes' own kernels: NF4 ``quantize_4bit``,
-LLM.int8 ``int8_vectorwise_quant``) as soon as it is read, so peak memory stays near the
-quantized size. Embeddings, norms, the router and ``lm_head`` stay in ``compute_dtype``, as
-with stock bitsandbytes. Imported only on the load path (it imports torch).
+(bitsandbytes issue #1849). ``QuantizedMixtralExperts`` replaces a layer's experts; each weight
+is quantized with bitsandbytes' own kernels (NF4 ``quantize_4bit``, LLM.int8
+``int8_vectorwise_quant``) as it is set. ``quant_load.py`` builds and loads the whole model.
+Imported only on the load path (it imports torch).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
+from mixchat.engine.placement import BLOCKSIZE  # one absmax per 64 weights
 
-ProgressCallback = Callable[[str, int, int], None]
-
-BLOCKSIZE = 64  # bitsandbytes' default 4-bit block: one absmax per 64 weights
 QUANT_TYPE = "nf4"
 INT8_THRESHOLD = 6.0  # LLM.int8 outlier threshold; transformers' llm_int8_threshold default
 PROJECTIONS = ("gate_up", "down")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-_EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(w[123])\.weight$")
-_FUSED_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
-_ATTENTION_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj)\.weight$")
 
 
 class _CastWarningFilter(logging.Filter):
@@ -263,207 +250,3 @@ class QuantizedMixtralExperts(nn.Module):
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
-
-
-def _shard_files(model_dir: Path) -> list[Path]:
-    """The checkpoint's shards: those the index names, else every ``*.safetensors``."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    return sorted(model_dir.glob("*.safetensors"))
-
-
-def _build_skeleton(
-    config: Any,
-    mode: str,
-    compute_dtype: torch.dtype,
-    device: torch.device,
-    double_quant: bool,
-    attention: str,
-) -> Any:
-    """A Mixtral with no weights yet: parameters on meta, quantized modules swapped in."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    bnb = import_bnb()
-    # Buffers stay real: the rotary inverse frequencies are computed, not loaded.
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=compute_dtype, attn_implementation=attention
-        )
-    for layer in model.model.layers:
-        layer.mlp.experts = QuantizedMixtralExperts(
-            config, mode, compute_dtype, device, double_quant
-        )
-        for name in ATTENTION:
-            old = getattr(layer.self_attn, name)
-            shape = (old.in_features, old.out_features, old.bias is not None)
-            new: nn.Module
-            if mode == "4bit":
-                new = bnb.nn.Linear4bit(
-                    *shape,
-                    compute_dtype=compute_dtype,
-                    compress_statistics=double_quant,
-                    quant_type=QUANT_TYPE,
-                    device="meta",
-                )
-            else:
-                new = bnb.nn.Linear8bitLt(
-                    *shape, has_fp16_weights=False, threshold=INT8_THRESHOLD, device="meta"
-                )
-            setattr(layer.self_attn, name, new)
-    return model
-
-
-def _set_linear(
-    module: Any, weight: torch.Tensor, mode: str, dtype: torch.dtype, device: torch.device
-) -> None:
-    """Quantize an attention projection into its bitsandbytes module, bitsandbytes' own way.
-
-    ``Params4bit`` / ``Int8Params`` quantize when moved to the module's device.
-    """
-    bnb = import_bnb()
-    if mode == "4bit":
-        old = module.weight
-        module.weight = bnb.nn.Params4bit(
-            weight.to(dtype),
-            requires_grad=False,
-            blocksize=BLOCKSIZE,
-            compress_statistics=old.compress_statistics,
-            quant_type=old.quant_type,
-            module=module,
-        ).to(device)
-    else:
-        module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(
-            device
-        )
-
-
-def _set_plain(
-    model: Any, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device
-) -> None:
-    """Put an unquantized parameter (embedding, norm, router, lm_head) in place."""
-    module_name, _, attr = name.rpartition(".")
-    try:
-        module = model.get_submodule(module_name)
-    except AttributeError:
-        return  # not part of this model: ignored, as transformers does
-    current = module._parameters.get(attr)
-    if current is None:
-        return
-    if tuple(current.shape) != tuple(tensor.shape):
-        raise EngineError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {current.shape}")
-    # copy=True: safetensors may hand out views of its memory map, which would keep every
-    # page read from the shard resident for as long as the model lives.
-    value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None, copy=True)
-    module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-
-
-class _Stream:
-    """Routes each checkpoint tensor to where it goes, quantizing as it arrives."""
-
-    def __init__(self, model: Any, mode: str, dtype: torch.dtype, device: torch.device) -> None:
-        self.model, self.mode, self.dtype, self.device = model, mode, dtype, device
-        # gate and up (w1, w3) are fused into one weight; hold a half until its pair arrives.
-        self.pending: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-
-    def experts(self, layer: str) -> QuantizedMixtralExperts:
-        module: QuantizedMixtralExperts = self.model.model.layers[int(layer)].mlp.experts
-        return module
-
-    def feed(self, handle: Any, key: str) -> None:
-        """Load checkpoint tensor ``key`` from the open shard ``handle``."""
-        name = key.replace(".block_sparse_moe.", ".mlp.")  # the hub checkpoint's module name
-        if match := _EXPERT_KEY.match(name):
-            experts, e, which = self.experts(match[1]), int(match[2]), match[3]
-            if which == "w2":
-                experts.set_expert("down", e, handle.get_tensor(key))
-                return
-            halves = self.pending.setdefault((int(match[1]), e), {})
-            halves[which] = handle.get_tensor(key)
-            if len(halves) == 2:
-                del self.pending[(int(match[1]), e)]
-                experts.set_expert("gate_up", e, torch.cat([halves["w1"], halves["w3"]]))
-        elif match := _FUSED_KEY.match(name):
-            # A checkpoint saved fused: slice one expert at a time off the 3-D tensor.
-            experts, whole = self.experts(match[1]), handle.get_slice(key)
-            proj = "gate_up" if match[2] == "gate_up_proj" else "down"
-            for e in range(experts.num_experts):
-                experts.set_expert(proj, e, whole[e : e + 1][0])
-        elif match := _ATTENTION_KEY.match(name):
-            module = getattr(self.model.model.layers[int(match[1])].self_attn, match[2])
-            _set_linear(module, handle.get_tensor(key), self.mode, self.dtype, self.device)
-        else:
-            _set_plain(self.model, name, handle.get_tensor(key), self.dtype, self.device)
-
-
-def _iter_keys(shards: list[Path]) -> Iterator[tuple[Any, str]]:
-    from safetensors import safe_open
-
-    for shard in shards:
-        with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                yield handle, key
-
-
-def load_quantized_mixtral(
-    model_dir: Path,
-    mode: str,
-    compute_dtype: torch.dtype,
-    device: torch.device | str,
-    double_quant: bool = True,
-    progress: ProgressCallback | None = None,
-    attention: str = "sdpa",
-) -> Any:
-    """Load a Mixtral checkpoint with every expert and attention projection quantized.
-
-    ``mode`` is ``'4bit'`` (NF4, double quant unless ``double_quant=False``) or ``'8bit'``
-    (LLM.int8). Weights stream shard by shard, one tensor at a time, onto ``device``;
-    ``progress('weights', done, total)`` counts tensors. Raises ``EngineError`` when
-    bitsandbytes cannot run on ``device`` or the checkpoint is incomplete.
-    """
-    from safetensors import safe_open
-    from transformers import AutoConfig, GenerationConfig
-
-    device = torch.device(device)
-    config = AutoConfig.from_pretrained(model_dir)
-    if config.model_type != "mixtral":
-        raise EngineError(f"{model_dir}: not a Mixtral model ({config.model_type})")
-    check_device_support(mode, device)
-    shards = _shard_files(model_dir)
-    if not shards:
-        raise EngineError(f"{model_dir}: no model weights (*.safetensors) found")
-    total = 0
-    for shard in shards:
-        with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            total += len(handle.keys())
-
-    model = _build_skeleton(config, mode, compute_dtype, device, double_quant, attention)
-    stream = _Stream(model, mode, compute_dtype, device)
-    step, last = max(1, total // 100), 0
-    if progress is not None:
-        progress("weights", 0, total)
-    for done, (handle, key) in enumerate(_iter_keys(shards), start=1):
-        stream.feed(handle, key)
-        if progress is not None and (done - last >= step or done == total):
-            last = done
-            progress("weights", done, total)
-
-    if getattr(config, "tie_word_embeddings", False):
-        model.lm_head.weight = model.model.embed_tokens.weight
-    lacking = [f"layer {layer} expert {e} w1/w3" for (layer, e) in stream.pending]
-    for i, layer in enumerate(model.model.layers):
-        lacking += [f"layer {i} experts {m}" for m in layer.mlp.experts.missing()]
-    lacking += [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if lacking:
-        more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
-        raise EngineError(f"{model_dir}: the checkpoint lacks {lacking[0]}{more}")
-    for module in model.modules():  # computed buffers (rotary frequencies) join the weights
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.device != device:
-                module._buffers[name] = buffer.to(device)
-    if (model_dir / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(model_dir)
-    model.requires_grad_(False)
-    return model.eval()

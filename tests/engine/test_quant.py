@@ -24,7 +24,8 @@ import torch
 from mixchat.config import Settings
 from mixchat.engine.base import EngineError
 from mixchat.engine.loader import load_model, weight_bytes
-from mixchat.engine.quant import QuantizedMixtralExperts, load_quantized_mixtral
+from mixchat.engine.quant import QuantizedMixtralExperts
+from mixchat.engine.quant_load import load_quantized_mixtral
 from tests.e2e.helpers import run
 
 RATIO_SHAPE = {"vocab": 1024, "hidden": 256, "intermediate": 896, "layers": 4, "experts": 8}
@@ -330,7 +331,8 @@ PEAK_PROBE = """
 import gc, json, sys, torch
 from pathlib import Path
 from mixchat.engine.loader import weight_bytes
-from mixchat.engine.quant import check_device_support, load_quantized_mixtral
+from mixchat.engine.quant import check_device_support
+from mixchat.engine.quant_load import load_quantized_mixtral
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
 import transformers.models.mixtral.modeling_mixtral, accelerate, safetensors
 

@@ -1,0 +1,281 @@
+"""Building and loading a quantized Mixtral, one tensor at a time (issue 4).
+
+The model is built on the meta device; each layer's experts are replaced by
+``QuantizedMixtralExperts`` and its attention projections by bitsandbytes' ``Linear4bit`` /
+``Linear8bitLt``. The checkpoint then streams from its safetensors shards one tensor at a
+time, each weight quantized as soon as it is read and put straight onto the device its layer
+lives on (``Placement``), so peak memory stays near the quantized size. Embeddings, norms,
+the router and ``lm_head`` stay in ``compute_dtype``, as with stock bitsandbytes. A model
+spread over several devices gets accelerate's hooks, which move activations between them
+(transformers does the same for its own multi-GPU bitsandbytes models).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixchat.engine.base import EngineError
+from mixchat.engine.placement import Placement
+from mixchat.engine.quant import (
+    ATTENTION,
+    BLOCKSIZE,
+    INT8_THRESHOLD,
+    QUANT_TYPE,
+    QuantizedMixtralExperts,
+    check_device_support,
+    import_bnb,
+)
+
+ProgressCallback = Callable[[str, int, int], None]
+
+_EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(w[123])\.weight$")
+_FUSED_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+_ATTENTION_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj)\.weight$")
+
+
+def _shard_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's shards: those the index names, else every ``*.safetensors``."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def quantized_skeleton(
+    config: Any,
+    mode: str,
+    compute_dtype: torch.dtype,
+    placement: Placement,
+    double_quant: bool = True,
+    attention: str = "sdpa",
+) -> Any:
+    """A Mixtral with no weights yet: parameters on meta, quantized modules swapped in
+    (their storage will live where ``placement`` puts each layer)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    bnb = import_bnb()
+    # Buffers stay real: the rotary inverse frequencies are computed, not loaded.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=compute_dtype, attn_implementation=attention
+        )
+    for index, layer in enumerate(model.model.layers):
+        layer.mlp.experts = QuantizedMixtralExperts(
+            config, mode, compute_dtype, placement.layers[index], double_quant
+        )
+        for name in ATTENTION:
+            old = getattr(layer.self_attn, name)
+            shape = (old.in_features, old.out_features, old.bias is not None)
+            new: nn.Module
+            if mode == "4bit":
+                new = bnb.nn.Linear4bit(
+                    *shape,
+                    compute_dtype=compute_dtype,
+                    compress_statistics=double_quant,
+                    quant_type=QUANT_TYPE,
+                    device="meta",
+                )
+            else:
+                new = bnb.nn.Linear8bitLt(
+                    *shape, has_fp16_weights=False, threshold=INT8_THRESHOLD, device="meta"
+                )
+            setattr(layer.self_attn, name, new)
+    return model
+
+
+def set_quantized_linear(
+    module: Any, weight: torch.Tensor, mode: str, dtype: torch.dtype, device: torch.device | str
+) -> None:
+    """Quantize an attention projection into its bitsandbytes module, bitsandbytes' own way.
+
+    ``Params4bit`` / ``Int8Params`` quantize when moved to the module's device.
+    """
+    bnb = import_bnb()
+    if mode == "4bit":
+        old = module.weight
+        module.weight = bnb.nn.Params4bit(
+            weight.to(dtype),
+            requires_grad=False,
+            blocksize=BLOCKSIZE,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            module=module,
+        ).to(device)
+    else:
+        module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(
+            device
+        )
+
+
+def set_plain_parameter(
+    model: Any, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device | str
+) -> None:
+    """Put an unquantized parameter (embedding, norm, router, lm_head) in place."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return  # not part of this model: ignored, as transformers does
+    current = module._parameters.get(attr)
+    if current is None:
+        return
+    if tuple(current.shape) != tuple(tensor.shape):
+        raise EngineError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {current.shape}")
+    # copy=True: safetensors may hand out views of its memory map, which would keep every
+    # page read from the shard resident for as long as the model lives.
+    value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None, copy=True)
+    module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+
+
+class _Stream:
+    """Routes each checkpoint tensor to where it goes, quantizing as it arrives."""
+
+    def __init__(self, model: Any, mode: str, dtype: torch.dtype, placement: Placement) -> None:
+        self.model, self.mode, self.dtype, self.placement = model, mode, dtype, placement
+        # gate and up (w1, w3) are fused into one weight; hold a half until its pair arrives.
+        self.pending: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    def experts(self, layer: str) -> QuantizedMixtralExperts:
+        module: QuantizedMixtralExperts = self.model.model.layers[int(layer)].mlp.experts
+        return module
+
+    def feed(self, handle: Any, key: str) -> None:
+        """Load checkpoint tensor ``key`` from the open shard ``handle``."""
+        name = key.replace(".block_sparse_moe.", ".mlp.")  # the hub checkpoint's module name
+        if match := _EXPERT_KEY.match(name):
+            experts, e, which = self.experts(match[1]), int(match[2]), match[3]
+            if which == "w2":
+                experts.set_expert("down", e, handle.get_tensor(key))
+                return
+            halves = self.pending.setdefault((int(match[1]), e), {})
+            halves[which] = handle.get_tensor(key)
+            if len(halves) == 2:
+                del self.pending[(int(match[1]), e)]
+                experts.set_expert("gate_up", e, torch.cat([halves["w1"], halves["w3"]]))
+        elif match := _FUSED_KEY.match(name):
+            # A checkpoint saved fused: slice one expert at a time off the 3-D tensor.
+            experts, whole = self.experts(match[1]), handle.get_slice(key)
+            proj = "gate_up" if match[2] == "gate_up_proj" else "down"
+            for e in range(experts.num_experts):
+                experts.set_expert(proj, e, whole[e : e + 1][0])
+        elif match := _ATTENTION_KEY.match(name):
+            module = getattr(self.model.model.layers[int(match[1])].self_attn, match[2])
+            device = self.placement.device_of(name)
+            set_quantized_linear(module, handle.get_tensor(key), self.mode, self.dtype, device)
+        else:
+            device = self.placement.device_of(name)
+            set_plain_parameter(self.model, name, handle.get_tensor(key), self.dtype, device)
+
+
+def _iter_keys(shards: list[Path]) -> Iterator[tuple[Any, str]]:
+    from safetensors import safe_open
+
+    for shard in shards:
+        with safe_open(str(shard), framework="pt", device="cpu") as handle:
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                yield handle, key
+
+
+def load_quantized_mixtral(
+    model_dir: Path,
+    mode: str,
+    compute_dtype: torch.dtype,
+    device: torch.device | str | Placement,
+    double_quant: bool = True,
+    progress: ProgressCallback | None = None,
+    attention: str = "sdpa",
+) -> Any:
+    """Load a Mixtral checkpoint with every expert and attention projection quantized.
+
+    ``mode`` is ``'4bit'`` (NF4, double quant unless ``double_quant=False``) or ``'8bit'``
+    (LLM.int8). Weights stream shard by shard, one tensor at a time, onto ``device`` (or the
+    devices a ``Placement`` names); ``progress('weights', done, total)`` counts tensors.
+    Raises ``EngineError`` when bitsandbytes cannot run on a device or the checkpoint is
+    incomplete.
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if config.model_type != "mixtral":
+        raise EngineError(f"{model_dir}: not a Mixtral model ({config.model_type})")
+    placement = (
+        device
+        if isinstance(device, Placement)
+        else Placement.single(str(torch.device(device)), config.num_hidden_layers)
+    )
+    for name in placement.devices:
+        check_device_support(mode, torch.device(name))
+    shards = _shard_files(model_dir)
+    if not shards:
+        raise EngineError(f"{model_dir}: no model weights (*.safetensors) found")
+    total = 0
+    for shard in shards:
+        with safe_open(str(shard), framework="pt", device="cpu") as handle:
+            total += len(handle.keys())
+
+    model = quantized_skeleton(config, mode, compute_dtype, placement, double_quant, attention)
+    stream = _Stream(model, mode, compute_dtype, placement)
+    step, last = max(1, total // 100), 0
+    if progress is not None:
+        progress("weights", 0, total)
+    for done, (handle, key) in enumerate(_iter_keys(shards), start=1):
+        stream.feed(handle, key)
+        if progress is not None and (done - last >= step or done == total):
+            last = done
+            progress("weights", done, total)
+    lacking = [f"layer {layer} expert {e} w1/w3" for (layer, e) in stream.pending]
+    model = finish_quantized_mixtral(model, placement, lacking, source=str(model_dir))
+    if (model_dir / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
+    return model
+
+
+def finish_quantized_mixtral(
+    model: Any, placement: Placement, lacking: list[str] | None = None, source: str = "model"
+) -> Any:
+    """Check that every weight was set, put computed buffers (rotary frequencies) where
+    their layer runs, and spread the model over ``placement``'s devices. Returns it in
+    eval mode; raises ``EngineError`` naming what is missing."""
+    lacking = list(lacking or [])
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    for i, layer in enumerate(model.model.layers):
+        lacking += [f"layer {i} experts {m}" for m in layer.mlp.experts.missing()]
+    lacking += [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if lacking:
+        more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
+        raise EngineError(f"{source}: the checkpoint lacks {lacking[0]}{more}")
+    for module_name, module in model.named_modules():
+        device = torch.device(placement.device_of(module_name))
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
+    model.requires_grad_(False)
+    model.eval()
+    if len(placement.devices) > 1:
+        dispatch(model, placement)
+    return model
+
+
+def dispatch(model: Any, placement: Placement, force_hooks: bool = False) -> None:
+    """Give a model whose layers already sit on ``placement``'s devices accelerate's hooks,
+    which move each block's inputs to its device and the outputs back to the first
+    (``force_hooks`` attaches them even when there is only one device)."""
+    from accelerate import dispatch_model
+
+    dispatch_model(
+        model,
+        device_map=placement.device_map(),
+        main_device=placement.first,
+        force_hooks=force_hooks,
+    )
