@@ -380,7 +380,7 @@ def test_search_matches_oracle(store: ConversationStore) -> None:
         return {
             mid
             for mid, words in docs.items()
-            if all(any(matches(w, t, p) for w in words) for t, p in zip(terms, prefix))
+            if all(any(matches(w, t, p) for w in words) for t, p in zip(terms, prefix, strict=True))
         }
 
     @settings(max_examples=150, deadline=None)
@@ -394,7 +394,7 @@ def test_search_matches_oracle(store: ConversationStore) -> None:
         # matches that way, every word as a prefix.
         prefix = [starred[i] or (typing and i == len(terms) - 1) for i in range(len(terms))]
         want = expected(terms, prefix) or expected(terms, [True] * len(terms))
-        query = " ".join(t + "*" * s for t, s in zip(terms, starred))
+        query = " ".join(t + "*" * s for t, s in zip(terms, starred[: len(terms)], strict=True))
         got = {h.message_id for h in store.search(query, limit=1000, typing=typing)}
         assert got == want
 
