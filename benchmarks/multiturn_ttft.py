@@ -1,14 +1,16 @@
 """Time to first token over a growing conversation, with and without KV-cache reuse.
 
-Builds a small random-weight Mixtral (hidden 256, 4 layers, 8 experts, the real v1
-tokenizer) in a temporary directory and runs a 12-turn greedy conversation whose prompt
-grows past 3,000 tokens (long user messages, fixed-length replies). Each turn is asked of
-two engines in the same process: one keeps its KV cache between turns, one prefills every
-prompt in full. TTFT is the engine's own ``Usage.ttft_s`` (from the ``stream`` call to the
-first token: prompt building, prefill and picking the first token). The conversation is run
-``--repeats`` times (cache reset in between); per turn the median and the best are reported.
-``raw_forward_*`` is the floor any cache reuse must pay: a bare forward of the first turn's
-prompt, and of the last turn's new tokens on top of a cache of its reused prefix.
+Builds a small random-weight Mixtral (hidden 512, experts 3.5x as wide as Mixtral's are, 4
+layers, 8 experts, the real v1 tokenizer) in a temporary directory and runs a 12-turn greedy
+conversation whose prompt grows past 3,000 tokens (long user messages, fixed-length
+replies). Each turn is asked of two engines in the same process: one keeps its KV cache
+between turns, one prefills every prompt in full. TTFT is the engine's own ``Usage.ttft_s``
+(from the ``stream`` call to the first token: prompt building, prefill and picking the first
+token). The conversation is run ``--repeats`` times (cache reset in between); per turn the
+median and the best are reported. ``raw_forward_*`` is the floor any cache reuse must pay: a
+bare forward of the first turn's prompt, and of the last turn's new tokens on top of a cache
+of its reused prefix; ``flops_ratio_*`` is the same ratio in arithmetic, for this model's
+shape and Mixtral-8x7B's.
 
 Prints one JSON object. Not part of the tests. Run: ``python benchmarks/multiturn_ttft.py``.
 """
@@ -96,13 +98,16 @@ def main() -> None:
     parser.add_argument("--user-words", type=int, default=162)
     parser.add_argument("--reply-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument(
-        "--intermediate", type=int, default=None, help="expert width (default: 2 x hidden)"
+        "--intermediate", type=int, default=None, help="expert width (default: 3.5 x hidden)"
     )
     args = parser.parse_args()
+    # Mixtral-8x7B's experts are 3.5x as wide as its hidden size (14,336 / 4,096); the width
+    # sets how much attention over the history weighs against the rest of a token's work.
+    args.intermediate = args.intermediate or int(3.5 * args.hidden)
     params = GenerationParams(temperature=0, max_new_tokens=args.reply_tokens)
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -207,8 +212,9 @@ def report(
             {
                 "benchmark": "multiturn_ttft",
                 "model": (
-                    f"random Mixtral: hidden {args.hidden}, {args.layers} layers, "
-                    f"{args.experts} experts (2 active), fp32, CPU, {torch_threads()} threads"
+                    f"random Mixtral: hidden {args.hidden}, experts {args.intermediate} wide, "
+                    f"{args.layers} layers, {args.experts} experts (2 active), fp32, CPU, "
+                    f"{torch_threads()} threads"
                 ),
                 "turns": args.turns,
                 "reply_tokens": args.reply_tokens,
@@ -257,10 +263,8 @@ def prefill_flops(
 def flops_ratio(args: argparse.Namespace | None, first: dict[str, list], prefilled: list) -> float:
     """Last turn's prefill FLOPs over the first turn's, for the benchmark model's shape
     (``args``) or Mixtral-8x7B's (None), with this run's token counts."""
-    if args is None:
-        shape = (4096, 14336, 32, 8)
-    else:
-        shape = (args.hidden, args.intermediate or 2 * args.hidden, 4, 2)  # tiny_model heads
+    # Mixtral-8x7B's shape, or the benchmark model's (tiny_model's 4 heads, 2 KV heads)
+    shape = (4096, 14336, 32, 8) if args is None else (args.hidden, args.intermediate, 4, 2)
     last = prefill_flops(*shape, prefilled[-1], first["cached"][-1])
     one = prefill_flops(*shape, prefilled[0], first["cached"][0])
     return round(last / one, 3)
