@@ -191,6 +191,13 @@ async def test_new_and_switch_conversations(
         ]
 
 
+async def searched(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Let the sidebar's search workers finish and their results land."""
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 async def test_rename_delete_and_search(make_app: AppFactory, store: ConversationStore) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -200,10 +207,10 @@ async def test_rename_delete_and_search(make_app: AppFactory, store: Conversatio
         await pilot.press("ctrl+n")
         await type_and_send(pilot, "about lions")
         await wait_reply(pilot)
-        # search as you type filters the list
+        # search as you type filters the list (searches run on a worker thread)
         await pilot.press("ctrl+f")
         await pilot.press(*"zebra")
-        await pilot.pause()
+        await searched(pilot)
         options = screen.query_one(OptionList)
         assert options.option_count == 1
         zebra_id = options.get_option_at_index(0).id
@@ -212,14 +219,14 @@ async def test_rename_delete_and_search(make_app: AppFactory, store: Conversatio
         search_box = screen.query_one("#search", Input)
         search_box.value = ""
         await pilot.press(*"echo: zeb")
-        await pilot.pause()
+        await searched(pilot)
         assert options.option_count == 1 and options.get_option_at_index(0).id == zebra_id
         search_box.value = ""
         await pilot.press(*"ech")
-        await pilot.pause()
+        await searched(pilot)
         assert options.option_count == 2
         search_box.value = "zebra"
-        await pilot.pause()
+        await searched(pilot)
         # rename from the list
         options.focus()
         options.highlighted = 0
@@ -243,6 +250,37 @@ async def test_rename_delete_and_search(make_app: AppFactory, store: Conversatio
         await pilot.press("y")
         await pilot.pause()
         assert [r.title for r in store.list_conversations()] == ["about lions"]
+
+
+async def test_search_runs_off_the_ui_thread(
+    make_app: AppFactory, store: ConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await type_and_send(pilot, "about zebras")
+        await wait_reply(pilot)
+        zebra_id = only_conversation(store).id
+        release = threading.Event()
+        on_ui_thread: list[bool] = []
+        real_search = store.search
+
+        def slow_search(query: str, limit: int = 50, *, typing: bool = False) -> list:  # type: ignore[type-arg]
+            on_ui_thread.append(threading.current_thread() is threading.main_thread())
+            release.wait(10)  # a search over a very long history
+            return real_search(query, limit, typing=typing)
+
+        monkeypatch.setattr(store, "search", slow_search)
+        await pilot.press("ctrl+f")
+        await pilot.press(*"zebra")
+        # every key landed while the first searches were still stuck
+        assert app.screen.query_one("#search", Input).value == "zebra"
+        release.set()
+        await searched(pilot)
+        assert on_ui_thread and not any(on_ui_thread)
+        options = app.screen.query_one(OptionList)
+        assert options.option_count == 1
+        assert options.get_option_at_index(0).id == zebra_id
 
 
 async def test_theme_switch_persists(make_app: AppFactory) -> None:

@@ -6,12 +6,14 @@ import contextlib
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
+from textual.worker import get_current_worker
 
 from mixchat.store import ConversationStore, ConversationSummary, StoreError
 from mixchat.textsafe import neutralize
@@ -81,26 +83,67 @@ class Sidebar(Vertical):
     def options(self) -> ConversationList:
         return self.query_one(ConversationList)
 
+    @dataclass
+    class _Found(Message):
+        """A search finished on the worker thread (``error`` if the store failed)."""
+
+        typed: str
+        rows: list[ConversationSummary]
+        error: str | None = None
+
     def reload(self) -> None:
-        """Refill the list for the current search text."""
+        """Refill the list for the current search text.
+
+        With no search text the newest conversations are listed at once; a search runs on
+        a worker thread (over a long history, a word prefix costs tens of milliseconds,
+        too long to hold the keyboard for), and only the newest search's result is shown.
+        """
         typed = self.query_one("#search", Input).value
-        query = typed.strip()
-        try:
-            # The last word is still being typed unless a space follows it.
-            rows, hit_ids = self._rows(query, typing=typed == typed.rstrip())
-        except StoreError as exc:
-            self.notify(str(exc), title="The conversation store failed", severity="error")
+        if not typed.strip():
+            try:
+                rows = self.store.list_conversations(limit=LIST_LIMIT)
+            except StoreError as exc:
+                self.notify(str(exc), title="The conversation store failed", severity="error")
+                return
+            self._show(rows)
             return
-        if query:
-            folded = query.casefold()
-            by_id = {r.id: r for r in rows}
-            wanted = [r for r in rows if folded in r.title.casefold()]
-            seen = {r.id for r in wanted}
-            for cid in hit_ids:
-                if cid not in seen and cid in by_id:
-                    wanted.append(by_id[cid])
-                    seen.add(cid)
-            rows = wanted
+        self._search(typed)
+
+    @work(thread=True, exclusive=True, group="sidebar-search")
+    def _search(self, typed: str) -> None:
+        try:
+            rows = self._matching(typed)
+        except StoreError as exc:
+            self.post_message(self._Found(typed, [], str(exc)))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(self._Found(typed, rows))
+
+    @on(_Found)
+    def _on_found(self, message: _Found) -> None:
+        message.stop()
+        if message.error is not None:
+            self.notify(message.error, title="The conversation store failed", severity="error")
+        elif message.typed == self.query_one("#search", Input).value:  # else: typed on since
+            self._show(message.rows)
+
+    def _matching(self, typed: str) -> list[ConversationSummary]:
+        """Conversations whose title contains ``typed``, then those with a matching message."""
+        query = typed.strip()
+        rows = self.store.list_conversations(limit=LIST_LIMIT)
+        # The last word is still being typed unless a space follows it.
+        hits = self.store.search(query, limit=200, typing=typed == typed.rstrip())
+        folded = query.casefold()
+        by_id = {r.id: r for r in rows}
+        wanted = [r for r in rows if folded in r.title.casefold()]
+        seen = {r.id for r in wanted}
+        for hit in hits:
+            if hit.conversation_id not in seen and hit.conversation_id in by_id:
+                wanted.append(by_id[hit.conversation_id])
+                seen.add(hit.conversation_id)
+        return wanted
+
+    def _show(self, rows: list[ConversationSummary]) -> None:
         options = self.options
         previous = options.highlighted_option.id if options.highlighted_option else None
         options.clear_options()
@@ -112,11 +155,6 @@ class Sidebar(Vertical):
                     return
         if rows:
             options.highlighted = 0
-
-    def _rows(self, query: str, typing: bool) -> tuple[list[ConversationSummary], list[str]]:
-        rows = self.store.list_conversations(limit=LIST_LIMIT)
-        hits = self.store.search(query, limit=200, typing=typing) if query else []
-        return rows, [h.conversation_id for h in hits]
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
