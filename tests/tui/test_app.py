@@ -15,6 +15,7 @@ from mixchat.paths import config_file
 from mixchat.store import ConversationStore
 from mixchat.tui.app import MixchatApp
 from mixchat.tui.screens.chat import ChatScreen
+from mixchat.tui.widgets import sidebar as sidebar_module
 from mixchat.tui.widgets.chat_view import AssistantBlock, UserBlock
 from mixchat.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import AppFactory
@@ -281,6 +282,33 @@ async def test_search_runs_off_the_ui_thread(
         options = app.screen.query_one(OptionList)
         assert options.option_count == 1
         assert options.get_option_at_index(0).id == zebra_id
+
+
+async def test_search_reaches_conversations_older_than_the_list(
+    make_app: AppFactory, store: ConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sidebar_module, "LIST_LIMIT", 2)  # the list shows the newest 2
+
+    def conversation(title: str, text: str) -> str:
+        first = Message(Role.USER, text)
+        return store.create_conversation(
+            model="m", system_prompt=None, settings={}, title=title, first_message=first
+        ).id
+
+    by_text = conversation("Animals", "tell me about okapis")
+    by_title = conversation("Okapi facts", "more please")
+    for i in range(3):
+        conversation(f"newer {i}", "something else")
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        options = screen.query_one(OptionList)
+        assert options.option_count == 2
+        await pilot.press("ctrl+f")
+        await pilot.press(*"okapi")
+        await searched(pilot)
+        found = [options.get_option_at_index(i).id for i in range(options.option_count)]
+        assert found == [by_title, by_text]  # title matches first, then message matches
 
 
 async def test_theme_switch_persists(make_app: AppFactory) -> None:
