@@ -179,7 +179,8 @@ def test_full_disk(how: str, tmp_path: Path, tiny_model: Path) -> None:
         env = {"MIXCHAT_HOME": str(home)}
         conv_id = _seed(home)
         db = database(home)
-        big = b"all work and no play " * 15_000  # ~300 kB: more than is left
+        # ~126 kB, more than is left, yet ~30k tokens: within the context, so it gets saved
+        big = b"all work and no play " * 6_000
         import_file = tmp_path / "big.json"
         import_file.write_text(json.dumps([{"role": "user", "content": big.decode()}]))
         if how == "tmpfs":
