@@ -22,6 +22,18 @@ MIXTRAL_KV_BYTES_PER_TOKEN = 32 * 8 * 128 * 2 * 2
 # statistics and the unquantized embeddings/norms/router; int8 with row scales).
 BYTES_PER_PARAM = {"none": 2.0, "8bit": 1.006, "4bit": 0.525}
 OVERHEAD_BYTES = int(1.5 * GB)  # CUDA context, activations, allocator slack
+# Mixtral-8x7B-Instruct-v0.1's config.json, the parts placement needs.
+MIXTRAL_CONFIG: dict[str, Any] = {
+    "model_type": "mixtral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+}
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Report:
     context_tokens: int = 32768
     needed_bytes: int | None = None
     fits: bool | None = None
+    placement: str | None = None  # a quantized Mixtral split over GPUs: which layers where
     notes: list[str] = field(default_factory=list)
 
 
@@ -95,7 +108,9 @@ def _kv_bytes_per_token(config: dict[str, Any]) -> int | None:
     return layers * heads * head_dim * 2 * 2
 
 
-def _model_facts(settings: Settings, report: Report) -> None:
+def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
+    """Fill in the model's size; returns its config when known."""
+    config: dict[str, Any] | None = None
     path = Path(settings.model).expanduser()
     if path.is_dir():
         try:
@@ -111,8 +126,30 @@ def _model_facts(settings: Settings, report: Report) -> None:
     elif "mixtral-8x7b" in settings.model.lower():
         report.parameters = MIXTRAL_PARAMS
         report.kv_bytes_per_token = MIXTRAL_KV_BYTES_PER_TOKEN
+        config = MIXTRAL_CONFIG
     else:
         report.notes.append(f"{settings.model}: size unknown until it is downloaded")
+    return config if isinstance(config, dict) else None
+
+
+def quantized_split(
+    config: dict[str, Any], quantization: str, gpus: list[Gpu]
+) -> tuple[bool, str | None]:
+    """Whether a quantized Mixtral fits ``gpus`` as the loader would place it, and where
+    its layers go when it takes more than one (``placement.plan_placement``)."""
+    from types import SimpleNamespace
+
+    from mixchat.engine.base import EngineError
+    from mixchat.engine.placement import GPU_RESERVE, mixtral_sizes, plan_placement
+
+    shape = SimpleNamespace(**{**MIXTRAL_CONFIG, **config})
+    sizes = mixtral_sizes(shape, quantization, 2, double_quant=True)
+    budgets = {f"cuda:{g.index}": max(0, g.free_bytes - GPU_RESERVE) for g in gpus}
+    try:
+        placement = plan_placement(sizes, int(shape.num_hidden_layers), budgets)
+    except EngineError:
+        return False, None
+    return True, placement.describe() if len(placement.devices) > 1 else None
 
 
 def diagnose(settings: Settings) -> Report:
@@ -137,13 +174,16 @@ def diagnose(settings: Settings) -> Report:
             bool(report.gpus), "8bit" if settings.quantization == "8bit" else "4bit"
         )
     report.flash_attn = _version("flash-attn") or _version("flash_attn")
-    _model_facts(settings, report)
+    config = _model_facts(settings, report)
     if report.parameters is not None:
         report.weight_bytes = int(report.parameters * BYTES_PER_PARAM[settings.quantization])
         kv = (report.kv_bytes_per_token or 0) * report.context_tokens
         report.needed_bytes = report.weight_bytes + kv + OVERHEAD_BYTES
         if report.gpus:
             report.fits = report.needed_bytes <= sum(g.free_bytes for g in report.gpus)
+    split = settings.quantization != "none" and len(report.gpus) > 1
+    if split and config is not None and config.get("model_type") == "mixtral":
+        report.fits, report.placement = quantized_split(config, settings.quantization, report.gpus)
     return report
 
 
@@ -197,7 +237,9 @@ def render(report: Report) -> str:
                 f"{_gb(kv * report.context_tokens)} at {report.context_tokens:,} tokens"
             )
         lines.append(f"needs         ~{_gb(report.needed_bytes)} with overhead")
-    if report.fits is True:
+    if report.fits is True and report.placement:
+        lines.append(f"{ok}fits split over {report.placement}")
+    elif report.fits is True:
         lines.append(f"{ok}fits in the free GPU memory")
     elif report.fits is False:
         lines.append(f"{bad}does not fit in the free GPU memory: try --4bit or more GPUs")
