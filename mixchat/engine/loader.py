@@ -88,7 +88,7 @@ def _max_memory(
     return parse_max_memory(settings.max_memory)
 
 
-def _quantization_config(setting: str, dtype: str, cuda: bool) -> Any:
+def _quantization_config(setting: str, dtype: str, cuda: bool, double_quant: bool = True) -> Any:
     if setting == "none":
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -101,7 +101,7 @@ def _quantization_config(setting: str, dtype: str, cuda: bool) -> Any:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=compute,
         )
     return BitsAndBytesConfig(load_in_8bit=True)
@@ -215,7 +215,7 @@ def _quantized_placement(
         return "cuda:0"
     config = AutoConfig.from_pretrained(model_dir)
     bytes_per_value = torch.finfo(getattr(torch, dtype)).bits // 8
-    sizes = mixtral_sizes(config, settings.quantization, bytes_per_value, double_quant=True)
+    sizes = mixtral_sizes(config, settings.quantization, bytes_per_value, settings.double_quant)
     return plan_placement(sizes, int(config.num_hidden_layers), budgets)
 
 
@@ -240,7 +240,7 @@ def _load_quantized_mixtral(
         settings.quantization,
         compute_dtype=getattr(torch, dtype),
         device=_quantized_placement(model_dir, settings, dtype, device_map, emit_notice),
-        double_quant=True,
+        double_quant=settings.double_quant,
         progress=progress,
         attention=attention,
     )
@@ -287,7 +287,7 @@ def load_model(
                 model_dir, settings, dtype, attention, device_map, progress, emit_notice
             )
         return _loaded(model, dtype, settings.quantization, attention)
-    quant = _quantization_config(settings.quantization, dtype, cuda)
+    quant = _quantization_config(settings.quantization, dtype, cuda, settings.double_quant)
 
     def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         iterable = args[0] if args else kwargs.get("iterable")

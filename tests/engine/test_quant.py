@@ -312,6 +312,21 @@ def test_load_model_takes_the_quantized_path_for_mixtral(tiny_model: Path) -> No
     assert reports[-1][0] == "weights" and reports[-1][1] == reports[-1][2] > 0
 
 
+def test_double_quantization_is_a_setting(ratio_model: Path) -> None:
+    def load(double: bool) -> Any:
+        settings = Settings(model=str(ratio_model), quantization="4bit", double_quant=double)
+        return load_model(ratio_model, settings, lambda *_: None, emit_notice=lambda _: None)
+
+    double, single = load(True), load(False)
+    experts = [m.model.model.layers[0].mlp.experts for m in (double, single)]
+    assert "gate_up_nested_absmax" in experts[0]._buffers
+    assert "gate_up_nested_absmax" not in experts[1]._buffers
+    q_proj = single.model.model.layers[0].self_attn.q_proj.weight.quant_state
+    assert not q_proj.nested
+    # NF4 block scales: one uint8 (double quant) instead of one float32 per 64 weights.
+    assert single.weight_bytes > double.weight_bytes
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("flag", ["--4bit", "--8bit"])
 def test_ask_quantized_end_to_end_on_cpu(tiny_model: Path, flag: str) -> None:
