@@ -133,7 +133,7 @@ def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
 
 
 def quantized_split(
-    config: dict[str, Any], quantization: str, gpus: list[Gpu]
+    config: dict[str, Any], quantization: str, gpus: list[Gpu], double_quant: bool = True
 ) -> tuple[bool, str | None]:
     """Whether a quantized Mixtral fits ``gpus`` as the loader would place it, and where
     its layers go when it takes more than one (``placement.plan_placement``)."""
@@ -143,7 +143,7 @@ def quantized_split(
     from mixchat.engine.placement import GPU_RESERVE, mixtral_sizes, plan_placement
 
     shape = SimpleNamespace(**{**MIXTRAL_CONFIG, **config})
-    sizes = mixtral_sizes(shape, quantization, 2, double_quant=True)
+    sizes = mixtral_sizes(shape, quantization, 2, double_quant)
     budgets = {f"cuda:{g.index}": max(0, g.free_bytes - GPU_RESERVE) for g in gpus}
     try:
         placement = plan_placement(sizes, int(shape.num_hidden_layers), budgets)
