@@ -245,15 +245,19 @@ def _query_words(query: str) -> list[tuple[str, bool]]:
     return words
 
 
+def _as_prefix(word: str, starred: bool, prefix: bool) -> bool:
+    """Whether ``word`` matches as a prefix: typed with ``*`` or ``prefix`` asked for all.
+    One-character words stay whole: such a prefix would expand to a large part of the
+    vocabulary."""
+    return (starred or prefix) and len(word) > 1
+
+
 def _fts_query(words: list[tuple[str, bool]], prefix: bool = False) -> str:
-    """Quote each word as an FTS5 phrase: a prefix phrase when it was typed with ``*``
-    or ``prefix`` is set. One-character words stay whole: such a prefix would
-    expand to a large part of the vocabulary."""
-    terms = []
-    for word, starred in words:
-        star = "*" if (starred or prefix) and len(word) > 1 else ""
-        terms.append('"' + word.replace('"', '""') + '"' + star)
-    return " ".join(terms)
+    """Quote each word as an FTS5 phrase, a prefix phrase where ``_as_prefix``."""
+    return " ".join(
+        '"' + word.replace('"', '""') + '"' + ("*" if _as_prefix(word, starred, prefix) else "")
+        for word, starred in words
+    )
 
 
 def _message(row: sqlite3.Row) -> Message:
@@ -708,7 +712,7 @@ class ConversationStore:
                 (MARK_START, MARK_END, _fts_query(words, prefix), window),
             ).fetchall()
         query = [
-            QueryWord(tuple(normalize(word)), (starred or prefix) and len(word) > 1)
+            QueryWord(tuple(normalize(word)), _as_prefix(word, starred, prefix))
             for word, starred in words
         ]
         reader = MatchReader(query, MARK_START, MARK_END)
