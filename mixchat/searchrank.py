@@ -6,7 +6,8 @@ is scored. Search ranks only the newest matches, every one of which contains eve
 word, so that global count would weigh the words against each other and nothing more.
 Here each match is scored with BM25 over term frequencies and lengths (all words weighted
 alike), read from the highlighted text that FTS5 produces in ~3 us a message, and the
-snippet is cut from the same text: together ~10x cheaper than ``bm25()`` plus ``snippet()``.
+snippet is cut from the same text: for two common words over a million messages a search
+takes 15 ms instead of the 37 ms of ``bm25()`` plus ``snippet()``.
 
 Words are compared as the ``unicode61 remove_diacritics 2`` tokenizer does: runs of
 letters and digits, case-folded, accents removed.

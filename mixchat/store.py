@@ -700,7 +700,7 @@ class ConversationStore:
     ) -> list[SearchHit]:
         # Only the newest SEARCH_WINDOW matches are ranked: FTS5 walks rowids newest
         # first and stops there, so very common words stay fast. Ranking and snippets
-        # come from highlight() (searchrank.py: ~10x cheaper than bm25() and snippet()).
+        # come from highlight() (searchrank.py), which is cheaper than bm25() and snippet().
         window = max(SEARCH_WINDOW, limit)
         with self._read() as conn:
             rows = conn.execute(
