@@ -59,6 +59,7 @@ from mixchat.engine.placement import Placement
 from mixchat.engine.quant import ATTENTION, check_device_support, import_bnb
 from mixchat.engine.quant_load import (
     finish_quantized_mixtral,
+    place_buffers,
     quantized_skeleton,
     set_plain_parameter,
     set_quantized_linear,
@@ -152,10 +153,7 @@ def random_weight(shape: Any, dtype: torch.dtype, device: torch.device) -> torch
 
 def finish(model: Any, device: torch.device) -> Any:
     """Computed buffers (rotary) join the weights on ``device``."""
-    for module in model.modules():
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.device != device:
-                module._buffers[name] = buffer.to(device)
+    place_buffers(model, Placement.single(str(device), model.config.num_hidden_layers))
     return model.requires_grad_(False).eval()
 
 

@@ -255,16 +255,22 @@ def finish_quantized_mixtral(
     if lacking:
         more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
         raise EngineError(f"{source}: the checkpoint lacks {lacking[0]}{more}")
-    for module_name, module in model.named_modules():
-        device = torch.device(placement.device_of(module_name))
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.device != device:
-                module._buffers[name] = buffer.to(device)
+    place_buffers(model, placement)
     model.requires_grad_(False)
     model.eval()
     if len(placement.devices) > 1:
         dispatch(model, placement)
     return model
+
+
+def place_buffers(model: Any, placement: Placement) -> None:
+    """Move buffers built on the CPU (rotary frequencies are computed, not loaded) to the
+    device their module runs on."""
+    for module_name, module in model.named_modules():
+        device = torch.device(placement.device_of(module_name))
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
 
 
 def dispatch(model: Any, placement: Placement, force_hooks: bool = False) -> None:
