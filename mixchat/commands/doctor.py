@@ -140,11 +140,11 @@ def quantized_split(
     from types import SimpleNamespace
 
     from mixchat.engine.base import EngineError
-    from mixchat.engine.placement import GPU_RESERVE, mixtral_sizes, plan_placement
+    from mixchat.engine.placement import budgets_from_free_memory, mixtral_sizes, plan_placement
 
     shape = SimpleNamespace(**{**MIXTRAL_CONFIG, **config})
     sizes = mixtral_sizes(shape, quantization, 2, double_quant)
-    budgets = {f"cuda:{g.index}": max(0, g.free_bytes - GPU_RESERVE) for g in gpus}
+    budgets = budgets_from_free_memory({f"cuda:{g.index}": g.free_bytes for g in gpus})
     try:
         placement = plan_placement(sizes, int(shape.num_hidden_layers), budgets)
     except EngineError:

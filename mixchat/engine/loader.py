@@ -194,7 +194,7 @@ def _quantized_placement(
     from transformers import AutoConfig
 
     from mixchat.engine.placement import (
-        GPU_RESERVE,
+        budgets_from_free_memory,
         budgets_from_max_memory,
         mixtral_sizes,
         plan_placement,
@@ -207,10 +207,10 @@ def _quantized_placement(
         if not budgets:
             return "cuda:0"
     elif torch.cuda.device_count() > 1:
-        budgets = {
-            f"cuda:{i}": max(0, torch.cuda.mem_get_info(i)[0] - GPU_RESERVE)
-            for i in range(torch.cuda.device_count())
-        }
+        count = torch.cuda.device_count()
+        budgets = budgets_from_free_memory(
+            {f"cuda:{i}": torch.cuda.mem_get_info(i)[0] for i in range(count)}
+        )
     else:
         return "cuda:0"
     config = AutoConfig.from_pretrained(model_dir)

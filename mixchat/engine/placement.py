@@ -158,6 +158,11 @@ def _too_big(sizes: Sizes, num_layers: int, budgets: dict[str, int]) -> EngineEr
     )
 
 
+def budgets_from_free_memory(free: dict[str, int]) -> dict[str, int]:
+    """Bytes by GPU from their free memory, less GPU_RESERVE on each."""
+    return {device: max(0, amount - GPU_RESERVE) for device, amount in free.items()}
+
+
 def budgets_from_max_memory(limits: dict[int | str, str]) -> dict[str, int]:
     """``{0: "20GiB", "cpu": "64GB"}`` (``config.parse_max_memory``) -> bytes by device,
     GPUs in index order, then the CPU."""
