@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -131,11 +132,12 @@ def main() -> None:
             # Off the main thread, like the engine's model thread (see stream_overhead.py).
             with ThreadPoolExecutor(max_workers=1) as pool:
                 floor = pool.submit(raw_prefill_floor, reuse, runs[0]).result()
+            shape = model_shape(reuse._model.config)
         finally:
             reuse.close()
             full.close()
     loads = [load_start, os.getloadavg()[0]]
-    report(runs, floor, args, loads, time.perf_counter() - started)
+    report(runs, floor, shape, args, loads, time.perf_counter() - started)
 
 
 def conversation(
@@ -194,6 +196,7 @@ def raw_prefill_floor(engine: TransformersEngine, run: dict[str, list]) -> dict[
 def report(
     runs: list[dict[str, list]],
     floor: dict[str, float],
+    shape: tuple[int, int, int, int],
     args: argparse.Namespace,
     loads: list[float],
     elapsed: float,
@@ -234,8 +237,10 @@ def report(
                 "ratio_last_over_first_full_min": round(full_min[-1] / full_min[0], 3),
                 # The model's own arithmetic sets a floor under the ratio: attention over
                 # the history grows with it, the rest does not (see prefill_flops).
-                "flops_ratio_last_over_first": flops_ratio(args, first, prefilled),
-                "flops_ratio_mixtral_8x7b_same_tokens": flops_ratio(None, first, prefilled),
+                "flops_ratio_last_over_first": flops_ratio(shape, first, prefilled),
+                "flops_ratio_mixtral_8x7b_same_tokens": flops_ratio(
+                    MIXTRAL_8X7B_SHAPE, first, prefilled
+                ),
                 "raw_forward_first_turn_s": floor["first"],
                 "raw_forward_last_turn_new_tokens_s": floor["last"],
                 "ratio_last_over_first_raw_forward": round(floor["last"] / floor["first"], 3),
@@ -260,11 +265,22 @@ def prefill_flops(
     return new * (projections + experts) + attention
 
 
-def flops_ratio(args: argparse.Namespace | None, first: dict[str, list], prefilled: list) -> float:
-    """Last turn's prefill FLOPs over the first turn's, for the benchmark model's shape
-    (``args``) or Mixtral-8x7B's (None), with this run's token counts."""
-    # Mixtral-8x7B's shape, or the benchmark model's (tiny_model's 4 heads, 2 KV heads)
-    shape = (4096, 14336, 32, 8) if args is None else (args.hidden, args.intermediate, 4, 2)
+MIXTRAL_8X7B_SHAPE = (4096, 14336, 32, 8)  # hidden, expert width, heads, KV heads
+
+
+def model_shape(config: Any) -> tuple[int, int, int, int]:
+    """(hidden, expert width, heads, KV heads) of a Mixtral config, as prefill_flops takes."""
+    return (
+        int(config.hidden_size),
+        int(config.intermediate_size),
+        int(config.num_attention_heads),
+        int(config.num_key_value_heads),
+    )
+
+
+def flops_ratio(shape: tuple[int, int, int, int], first: dict[str, list], prefilled: list) -> float:
+    """Last turn's prefill FLOPs over the first turn's for a model of ``shape``, with this
+    run's token counts."""
     last = prefill_flops(*shape, prefilled[-1], first["cached"][-1])
     one = prefill_flops(*shape, prefilled[0], first["cached"][0])
     return round(last / one, 3)
