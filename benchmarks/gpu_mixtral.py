@@ -65,7 +65,7 @@ from mixchat.engine.quant_load import (
     set_quantized_linear,
 )
 from mixchat.engine.tokenizer import ChatTokenizer
-from tests.tiny_model import v1_tokenizer_path
+from mixchat.testing.models import v1_tokenizer_path
 
 GIB = 2**30
 NOMINAL_TB_S = {"h100_sxm": 3.35, "h200": 4.8}

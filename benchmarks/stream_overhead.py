@@ -39,7 +39,7 @@ from mixchat.config import Settings
 from mixchat.conversation import Message, Role
 from mixchat.engine.base import Failed, Finished, GenerationParams, TextDelta, Usage
 from mixchat.engine.transformers import TransformersEngine
-from tests.tiny_model import build_tiny_mixtral
+from mixchat.testing.models import build_tiny_mixtral
 
 PROMPT = "Describe the harbour at dawn: the boats, the gulls, the tide and the light."
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,22 @@ def mixchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight MixtralForCausalLM with the real v1 tokenizer, built once."""
-    from tests.tiny_model import build_tiny_mixtral
+    from mixchat.testing.models import build_tiny_mixtral
 
     return build_tiny_mixtral(tmp_path_factory.mktemp("tiny-mixtral"))
+
+
+@pytest.fixture(scope="session")
+def real_model(request: pytest.FixtureRequest) -> Path:
+    """SmolLM2-135M-Instruct as a plain safetensors Llama with its ChatML template: a real
+    instruct model that writes real Markdown. Built once and kept in the pytest cache."""
+    from mixchat.testing.models import build_smollm2, smollm2_gguf
+
+    cache = Path(request.config.cache.mkdir("mixchat-smollm2-v1"))
+    model_dir = cache / "model"
+    done = model_dir / ".complete"
+    if not done.exists():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        build_smollm2(model_dir, smollm2_gguf(cache / "download"))
+        done.touch()
+    return model_dir

@@ -161,7 +161,7 @@ def test_multi_turn_with_regenerate_edit_and_cancel_matches_full_prefill(engines
 
 
 def test_trimmed_context_reuses_only_the_common_prefix(tmp_path: Path) -> None:
-    from tests.tiny_model import build_tiny_mixtral
+    from mixchat.testing.models import build_tiny_mixtral
 
     model_dir = build_tiny_mixtral(tmp_path / "short", max_positions=200)
     reuse = TransformersEngine(Settings(model=str(model_dir)))

@@ -116,7 +116,7 @@ def test_abandoning_a_stream_cancels_it(engine: TransformersEngine) -> None:
 
 
 def test_old_turns_are_dropped_to_fit_a_small_context(tmp_path: Path) -> None:
-    from tests.tiny_model import build_tiny_mixtral
+    from mixchat.testing.models import build_tiny_mixtral
 
     model_dir = build_tiny_mixtral(tmp_path / "short", max_positions=160)
     eng = TransformersEngine(Settings(model=str(model_dir)))

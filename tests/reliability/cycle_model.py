@@ -25,7 +25,7 @@ SPECIAL_IDS = {0, 1, 2}  # <unk>, <s>, </s>
 def _sp() -> object:
     import sentencepiece
 
-    from tests.tiny_model import v1_tokenizer_path
+    from mixchat.testing.models import v1_tokenizer_path
 
     return sentencepiece.SentencePieceProcessor(model_file=str(v1_tokenizer_path()))
 
