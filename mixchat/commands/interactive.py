@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from mixchat.commands.errors import fail
-from mixchat.config import Settings, load_settings, save_setting
+from mixchat.config import Settings, load_sources, save_setting
 from mixchat.engine.base import Engine
 
 
@@ -26,7 +26,7 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
     """Start the Textual app; returns the exit code."""
     from mixchat.store import ConversationStore, NotFoundError
 
-    settings = load_settings(flags)
+    sources = load_sources(flags)
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         return fail('the interactive app needs a terminal; for scripts use: mixchat ask "..."')
     store = ConversationStore.open()
@@ -41,11 +41,12 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
         from mixchat.tui.app import MixchatApp
 
         app = MixchatApp(
-            settings,
+            sources.base,
             make_engine,
             store,
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
+            flags=sources.flags,
         )
         app.run()
         return int(app.return_code or 0)
