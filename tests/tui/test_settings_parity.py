@@ -61,7 +61,7 @@ def test_ask_continue_uses_the_conversations_saved_settings(
 def test_flags_given_now_beat_saved_settings_and_saved_beat_env(
     monkeypatch: pytest.MonkeyPatch, store: ConversationStore
 ) -> None:
-    conv_id = _saved_conversation(store)
+    _saved_conversation(store)
     monkeypatch.setenv("MIXCHAT_TOP_P", "0.9")  # below the saved 0.5
     monkeypatch.setenv("MIXCHAT_REPETITION_PENALTY", "1.3")  # nothing saved: env applies
     engine = ScriptedEngine()
