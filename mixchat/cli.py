@@ -17,12 +17,20 @@ from mixchat.commands.flags import settings_flags
 app = typer.Typer(
     name="mixchat",
     help="Chat with Mixtral-8x7B-Instruct on your own hardware.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _complete_id(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of conversation ids (with their titles as help)."""
+    from mixchat.commands.history import complete_conversation_ids
+
+    return complete_conversation_ids(incomplete)
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -34,7 +42,14 @@ def main_callback(
     ctx: typer.Context,
     flags: dict[str, Any],
     resume: Annotated[
-        str | None, typer.Option("--resume", "-r", help="Open conversation ID (prefix ok).")
+        str | None,
+        typer.Option(
+            "--resume",
+            "-r",
+            metavar="ID",
+            help="Open conversation ID (prefix ok).",
+            autocompletion=_complete_id,
+        ),
     ] = None,
     continue_last: Annotated[
         bool, typer.Option("--continue", "-c", help="Open the last conversation.")
@@ -61,7 +76,13 @@ def ask(
         bool, typer.Option("--continue", "-c", help="Continue the last conversation.")
     ] = False,
     conversation: Annotated[
-        str | None, typer.Option("--conversation", help="Continue conversation ID (prefix ok).")
+        str | None,
+        typer.Option(
+            "--conversation",
+            metavar="ID",
+            help="Continue conversation ID (prefix ok).",
+            autocompletion=_complete_id,
+        ),
     ] = None,
     no_save: Annotated[bool, typer.Option("--no-save", help="Keep nothing on disk.")] = False,
     as_json: JsonOpt = False,
@@ -99,7 +120,9 @@ def list_(
 @app.command()
 @handle_errors
 def show(
-    conversation_id: Annotated[str, typer.Argument(metavar="ID", help="Id or unique prefix.")],
+    conversation_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Id or unique prefix.", autocompletion=_complete_id)
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Print a saved conversation."""
@@ -124,7 +147,7 @@ def search(
 @app.command()
 @handle_errors
 def export(
-    conversation_id: Annotated[str, typer.Argument(metavar="ID")],
+    conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="md | json.")] = "md",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write.")] = None,
 ) -> None:
@@ -146,7 +169,7 @@ def import_(file: Annotated[Path, typer.Argument(help="A JSON export ('-' for st
 @app.command()
 @handle_errors
 def rename(
-    conversation_id: Annotated[str, typer.Argument(metavar="ID")],
+    conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
     title: Annotated[str, typer.Argument(help="New title.")],
 ) -> None:
     """Rename a conversation."""
@@ -157,7 +180,9 @@ def rename(
 
 @app.command()
 @handle_errors
-def rm(conversation_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def rm(
+    conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
+) -> None:
     """Delete a conversation and every copy of its text."""
     from mixchat.commands.history import remove_conversation
 
