@@ -191,7 +191,7 @@ def complete_conversation_ids(incomplete: str, limit: int = 50) -> list[tuple[st
 
 def _plain(title: str) -> str:
     # Shells evaluate completion output: keep titles to letters, digits and a few marks.
-    kept = "".join(ch if ch.isalnum() or ch in " -_.,!?()" else " " for ch in title)
+    kept = "".join(ch if ch.isalnum() or ch in " -_.,!?" else " " for ch in title)
     return _one_line(kept, 60)
 
 
