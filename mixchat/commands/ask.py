@@ -127,9 +127,9 @@ def run_ask(request: AskRequest) -> int:
     user_message = Message(role=Role.USER, content=prompt)
     params = GenerationParams.from_settings(settings)
 
-    from mixchat.commands.interactive import make_engine
+    from mixchat.engine import factory
 
-    engine = make_engine(settings)
+    engine = factory.make_engine(settings)
     try:
         if request.show_prompt:
             return _show_prompt(engine, [*history, user_message], system_prompt, params, request)

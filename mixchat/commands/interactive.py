@@ -6,20 +6,7 @@ import sys
 from typing import Any
 
 from mixchat.commands.errors import fail
-from mixchat.config import Settings, load_sources, save_setting
-from mixchat.engine.base import Engine
-
-
-def make_engine(settings: Settings) -> Engine:
-    """The remote engine when an endpoint is set, else the local transformers engine
-    (imported here, on the loading thread)."""
-    if settings.endpoint:
-        from mixchat.engine.remote import RemoteEngine
-
-        return RemoteEngine(settings, settings.endpoint, api_key_env=settings.api_key_env)
-    from mixchat.engine.transformers import TransformersEngine
-
-    return TransformersEngine(settings)
+from mixchat.config import load_sources, save_setting
 
 
 def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bool) -> int:
@@ -38,11 +25,12 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             resume_id = store.last_conversation_id()
             if resume_id is None:
                 raise NotFoundError("no saved conversation to continue")
+        from mixchat.engine import factory
         from mixchat.tui.app import MixchatApp
 
         app = MixchatApp(
             sources.base,
-            make_engine,
+            factory.make_engine,
             store,
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mixchat import cli
-from mixchat.commands import interactive
 from mixchat.config import CONVERSATION_KEYS, OPTIONS, Scope, Settings, load_sources
+from mixchat.engine import factory
 from mixchat.engine.base import GenerationParams
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
@@ -23,7 +23,7 @@ SAVED = {"temperature": 0.1, "top_p": 0.5, "max_new_tokens": 64, "top_k": 7, "se
 
 
 def _ask(monkeypatch: pytest.MonkeyPatch, engine: ScriptedEngine, *args: str) -> Any:
-    monkeypatch.setattr(interactive, "make_engine", lambda settings: engine)
+    monkeypatch.setattr(factory, "make_engine", lambda settings: engine)
     # A pipe, not a terminal: CliRunner's stdin is empty.
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     return CliRunner().invoke(cli.app, ["ask", *args])
