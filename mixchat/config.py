@@ -1,20 +1,30 @@
-"""Settings: defaults < ``config.toml`` < ``MIXCHAT_*`` environment < command-line flags.
+"""Settings, declared once.
 
-Every field is declared once in ``FIELDS`` with its type, default, allowed values
-and a line of documentation; ``mixchat config`` prints them.
+Every setting is one field of ``Settings`` carrying its ``Option``: type, default, parser,
+documentation, command-line flag, environment variable and scope. Everything else derives
+from that table: the typer options of ``ask``, the app and ``doctor`` (``mixchat.cli``),
+``GenerationParams``, the app's settings window, ``mixchat config``, and what a conversation
+keeps of its settings.
+
+Precedence, lowest first: defaults < ``config.toml`` < ``MIXCHAT_*`` environment < the
+conversation's own saved settings < flags given now (``SettingsSources.effective``).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixchat import paths
+
+if TYPE_CHECKING:
+    from mixchat.conversation import Conversation
 
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ENV_PREFIX = "MIXCHAT_"
@@ -24,37 +34,70 @@ class ConfigError(Exception):
     """A setting has a bad value; the message names the key and where it came from."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything mixchat can be told. Field docs live in ``FIELDS``."""
+class Scope(enum.StrEnum):
+    """What a setting governs."""
 
-    model: str = DEFAULT_MODEL
-    dtype: str = "auto"
-    quantization: str = "none"
-    double_quant: bool = True
-    attention: str = "auto"
-    device_map: str = "auto"
-    max_memory: str = ""
-    trust_remote_code: bool = False
-    system_prompt: str | None = None
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 1024
-    seed: int | None = None
-    theme: str = "mixchat-dark"
-    endpoint: str = ""
-    api_key_env: str = "MIXCHAT_API_KEY"
+    LOAD = "load"  # how the model is loaded or reached; fixed for a process
+    CONVERSATION = "conversation"  # sampling and system prompt; kept with each conversation
+    APP = "app"  # the interactive app itself
 
 
 @dataclass(frozen=True)
-class Field:
-    """How one setting is parsed and what it means."""
+class Switch:
+    """A command-line flag that sets its option to a fixed value (``--4bit``)."""
+
+    flag: str
+    value: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: how it is parsed, what it means and how a user can set it."""
 
     name: str
     doc: str
     parse: Callable[[Any], Any]
+    default: Any
+    scope: Scope
+    flag: str | None = None  # e.g. "--max-tokens"; None: config file and environment only
+    short: str | None = None  # e.g. "-t"
+    help: str | None = None  # shorter help for --help (default: doc)
+    metavar: str = "TEXT"
+    switches: tuple[Switch, ...] = ()
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it."""
+        return ENV_PREFIX + self.name.upper()
+
+
+@dataclass(frozen=True)
+class _Spec:
+    doc: str
+    parse: Callable[[Any], Any]
+    scope: Scope
+    flag: str | None
+    short: str | None
+    help: str | None
+    metavar: str
+    switches: tuple[Switch, ...]
+
+
+def _option(
+    default: Any,
+    doc: str,
+    parse: Callable[[Any], Any],
+    scope: Scope,
+    *,
+    flag: str | None = None,
+    short: str | None = None,
+    help: str | None = None,
+    metavar: str = "TEXT",
+    switches: tuple[Switch, ...] = (),
+) -> Any:
+    spec = _Spec(doc, parse, scope, flag, short, help, metavar, switches)
+    return field(default=default, metadata={"option": spec})
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -165,72 +208,142 @@ def _boolean(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
-FIELDS: dict[str, Field] = {
-    f.name: f
-    for f in [
-        Field("model", "Hugging Face model id or local directory", _text),
-        Field(
-            "dtype",
-            "weight dtype: auto (bf16 on CUDA, fp32 on CPU)",
-            _choice("auto", "bfloat16", "float16", "float32"),
-        ),
-        Field(
-            "quantization",
-            "none, 4bit (NF4) or 8bit (bitsandbytes)",
-            _choice("none", "4bit", "8bit"),
-        ),
-        Field(
-            "double_quant",
-            "4-bit only: quantize the NF4 block scales too (~2.2 GB less for Mixtral)",
-            _boolean,
-        ),
-        Field(
-            "attention",
-            "auto, sdpa, eager or flash_attention_2",
-            _choice("auto", "sdpa", "eager", "flash_attention_2"),
-        ),
-        Field("device_map", "auto, cpu or cuda:N", _text),
-        Field(
-            "max_memory",
-            "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB",
-            _max_memory,
-        ),
-        Field("trust_remote_code", "run code shipped with the model (off by default)", _boolean),
-        Field("system_prompt", "system prompt for new conversations", _optional_text),
-        Field("temperature", "sampling temperature; 0 means greedy", _number(0.0, 100.0)),
-        Field("top_p", "nucleus sampling probability mass", _number(0.0, 1.0)),
-        Field("top_k", "sample from the k most likely tokens; 0 turns it off", _integer(0)),
-        Field("repetition_penalty", "1.0 turns it off", _number(0.01, 100.0)),
-        Field("max_new_tokens", "longest reply, in tokens", _integer(1)),
-        # torch.manual_seed takes at most 2**64 - 1.
-        Field(
-            "seed",
-            "random seed for reproducible sampling",
-            _integer(0, optional=True, high=2**64 - 1),
-        ),
-        Field("theme", "theme of the interactive app", _text),
-        Field(
-            "endpoint",
-            "URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp); empty runs locally",
-            _endpoint,
-        ),
-        # The key itself is never stored: only the name of the variable that holds it.
-        Field("api_key_env", "environment variable holding the server's API key", _env_name),
-    ]
-}
-assert set(FIELDS) == {f.name for f in fields(Settings)}
+L, C, A = Scope.LOAD, Scope.CONVERSATION, Scope.APP
 
 
-def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
+@dataclass(frozen=True)
+class Settings:
+    """Everything mixchat can be told: one field per setting, its ``Option`` in the metadata."""
+
+    model: str = _option(
+        DEFAULT_MODEL, "Hugging Face model id or local directory", _text, L,
+        flag="--model", short="-m", help="Hub id or local directory.",
+    )  # fmt: skip
+    dtype: str = _option(
+        "auto", "weight dtype: auto (bf16 on CUDA, fp32 on CPU)",
+        _choice("auto", "bfloat16", "float16", "float32"), L,
+        flag="--dtype", help="auto | bfloat16 | float16 | float32.",
+    )  # fmt: skip
+    quantization: str = _option(
+        "none", "none, 4bit (NF4) or 8bit (bitsandbytes)", _choice("none", "4bit", "8bit"), L,
+        switches=(
+            Switch("--4bit", "4bit", "NF4 4-bit weights (bitsandbytes)."),
+            Switch("--8bit", "8bit", "8-bit weights (bitsandbytes)."),
+        ),
+    )  # fmt: skip
+    double_quant: bool = _option(
+        True, "4-bit only: quantize the NF4 block scales too (~2.2 GB less for Mixtral)",
+        _boolean, L,
+    )  # fmt: skip
+    attention: str = _option(
+        "auto", "auto, sdpa, eager or flash_attention_2",
+        _choice("auto", "sdpa", "eager", "flash_attention_2"), L,
+        switches=(
+            Switch("--flash-attn", "flash_attention_2", "Use flash-attention 2 if possible."),
+        ),
+    )  # fmt: skip
+    device_map: str = _option(
+        "auto", "auto, cpu or cuda:N", _text, L, flag="--device-map", help="auto | cpu | cuda:N."
+    )
+    max_memory: str = _option(
+        "", "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB", _max_memory, L,
+        flag="--max-memory", help="Per-device limits for auto placement: 0=70GiB,1=70GiB.",
+    )  # fmt: skip
+    trust_remote_code: bool = _option(
+        False, "run code shipped with the model (off by default)", _boolean, L,
+        switches=(Switch("--trust-remote-code", True, "Run code shipped with the model."),),
+    )  # fmt: skip
+    system_prompt: str | None = _option(
+        None, "system prompt for new conversations", _optional_text, C,
+        flag="--system", short="-s", help="System prompt.",
+    )  # fmt: skip
+    temperature: float = _option(
+        0.7, "sampling temperature; 0 means greedy", _number(0.0, 100.0), C,
+        flag="--temperature", short="-t", help="0 = greedy.", metavar="FLOAT",
+    )  # fmt: skip
+    top_p: float = _option(
+        0.95, "nucleus sampling probability mass", _number(0.0, 1.0), C,
+        flag="--top-p", help="Nucleus sampling mass.", metavar="FLOAT",
+    )  # fmt: skip
+    top_k: int = _option(
+        0, "sample from the k most likely tokens; 0 turns it off", _integer(0), C,
+        flag="--top-k", help="0 = off.", metavar="INTEGER",
+    )  # fmt: skip
+    repetition_penalty: float = _option(
+        1.0, "1.0 turns it off", _number(0.01, 100.0), C,
+        flag="--repetition-penalty", help="1.0 = off.", metavar="FLOAT",
+    )  # fmt: skip
+    max_new_tokens: int = _option(
+        1024, "longest reply, in tokens", _integer(1), C,
+        flag="--max-tokens", help="Longest reply in tokens.", metavar="INTEGER",
+    )  # fmt: skip
+    # torch.manual_seed takes at most 2**64 - 1.
+    seed: int | None = _option(
+        None, "random seed for reproducible sampling",
+        _integer(0, optional=True, high=2**64 - 1), C,
+        flag="--seed", help="Seed for reproducible sampling.", metavar="INTEGER",
+    )  # fmt: skip
+    theme: str = _option("mixchat-dark", "theme of the interactive app", _text, A)
+    endpoint: str = _option(
+        "", "URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp); empty runs locally",
+        _endpoint, L, flag="--endpoint",
+        help="OpenAI-compatible server URL (vLLM, TGI, llama.cpp); key from $MIXCHAT_API_KEY.",
+    )  # fmt: skip
+    # The key itself is never stored: only the name of the variable that holds it.
+    api_key_env: str = _option(
+        "MIXCHAT_API_KEY", "environment variable holding the server's API key", _env_name, L
+    )
+
+
+def _options() -> dict[str, Option]:
+    table = {}
+    for f in fields(Settings):
+        spec: _Spec = f.metadata["option"]
+        table[f.name] = Option(
+            f.name, spec.doc, spec.parse, f.default, spec.scope, spec.flag, spec.short,
+            spec.help, spec.metavar, spec.switches,
+        )  # fmt: skip
+    return table
+
+
+OPTIONS: dict[str, Option] = _options()
+FIELDS = OPTIONS  # the name the rest of the code base has used for the table
+DEFAULTS = Settings()
+
+# What a conversation keeps of its settings (its system prompt has a column of its own).
+CONVERSATION_KEYS = tuple(
+    name for name, o in OPTIONS.items() if o.scope is Scope.CONVERSATION and name != "system_prompt"
+)
+
+
+def option_source(name: str, given: str | None = None) -> str:
+    """How a user names an option on the command line: its flag, else the switch used."""
+    option = OPTIONS.get(name)
+    if given or option is None:
+        return given or f"--{name.replace('_', '-')}"
+    return option.flag or (option.switches[0].flag if option.switches else f"--{name}")
+
+
+def _apply(
+    settings: Settings,
+    values: Mapping[str, Any],
+    source: str,
+    sources: Mapping[str, str] | None = None,
+) -> Settings:
+    """Parse ``values`` onto ``settings``; an error names the key and its source (``sources``
+    gives a source per key, e.g. the flag a user typed)."""
     changes: dict[str, Any] = {}
     for key, raw in values.items():
-        field = FIELDS.get(key)
-        if field is None:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+        option = OPTIONS.get(key)
+        where = (sources or {}).get(key, source)
+        if option is None:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
         try:
-            changes[key] = field.parse(raw)
+            changes[key] = option.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{source}: {key} {exc} (got {raw!r})") from None
+            if sources is not None and key in sources:
+                raise ConfigError(f"{where} {exc} (got {raw!r})") from None
+            raise ConfigError(f"{where}: {key} {exc} (got {raw!r})") from None
     return replace(settings, **changes)
 
 
@@ -264,6 +377,71 @@ def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
+def conversation_settings(settings: Settings) -> dict[str, Any]:
+    """What a new conversation saves of ``settings`` (both front ends save the same keys)."""
+    return {key: getattr(settings, key) for key in CONVERSATION_KEYS}
+
+
+@dataclass(frozen=True)
+class SettingsSources:
+    """Settings from defaults, the config file and the environment (``base``), kept apart
+    from the flags given now, so that a conversation's saved settings can go between."""
+
+    base: Settings
+    flags: Mapping[str, Any] = field(default_factory=dict)  # validated; only the given ones
+
+    def effective(self, conversation: Conversation | None = None) -> Settings:
+        """The settings in effect for ``conversation`` (None: a new one): defaults < config
+        < environment < the conversation's saved settings and system prompt < flags."""
+        settings = self.base
+        if conversation is not None:
+            saved = {k: v for k, v in conversation.settings.items() if k in CONVERSATION_KEYS}
+            try:
+                settings = _apply(settings, saved, f"conversation {conversation.id[:12]}")
+            except ConfigError:
+                # Saved values were validated when saved or imported; a bad one is ignored
+                # key by key rather than making the conversation unusable.
+                for key, value in saved.items():
+                    try:
+                        settings = _apply(settings, {key: value}, "conversation")
+                    except ConfigError:
+                        continue
+            settings = replace(settings, system_prompt=conversation.system_prompt)
+        return replace(settings, **self.flags)
+
+    def without_flags(self, names: Iterable[str]) -> SettingsSources:
+        """The same sources minus the flags of ``names`` (a later choice replaced them)."""
+        dropped = set(names)
+        return SettingsSources(self.base, {k: v for k, v in self.flags.items() if k not in dropped})
+
+    def with_flags(self, flags: Mapping[str, Any]) -> SettingsSources:
+        """The same sources with more flags on top (validated; ``None`` values are unset)."""
+        given = _validated_flags(flags)
+        return SettingsSources(self.base, {**self.flags, **given})
+
+
+def _validated_flags(flags: Mapping[str, Any] | None) -> dict[str, Any]:
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    checked = _apply(Settings(), given, "", sources={k: option_source(k) for k in given})
+    return {k: getattr(checked, k) for k in given}
+
+
+def load_sources(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SettingsSources:
+    """Read defaults, the TOML file and the environment; validate the flags (``None`` flags
+    are unset). Every error names its source: the file, the variable or the flag."""
+    path = config_path or paths.config_file()
+    settings = _apply(Settings(), read_toml(path), str(path))
+    env = os.environ if environ is None else environ
+    for key, value in env_values(env).items():
+        settings = _apply(settings, {key: value}, f"environment variable {OPTIONS[key].env}")
+    return SettingsSources(settings, _validated_flags(flags))
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     *,
@@ -271,15 +449,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Merge defaults, the TOML file, the environment and flags (``None`` flags are unset)."""
-    path = config_path or paths.config_file()
-    settings = _apply(Settings(), read_toml(path), str(path))
-    env = os.environ if environ is None else environ
-    for key, value in env_values(env).items():
-        settings = _apply(settings, {key: value}, f"environment variable {ENV_PREFIX}{key.upper()}")
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
-    for key, value in given.items():
-        settings = _apply(settings, {key: value}, f"--{key.replace('_', '-')}")
-    return settings
+    return load_sources(flags, config_path=config_path, environ=environ).effective()
 
 
 def save_setting(key: str, value: str, path: Path | None = None) -> None:

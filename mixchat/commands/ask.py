@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from mixchat.commands.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail
-from mixchat.config import Settings, load_settings
+from mixchat.config import conversation_settings, load_sources
 from mixchat.conversation import Conversation, Message, Role
 from mixchat.engine.base import (
     ContextTrimmed,
@@ -54,18 +54,6 @@ def compose_prompt(argument: str | None, piped: str | None) -> str:
     """The user's message: the argument, then piped text after a blank line."""
     parts = [p for p in (argument, piped) if p is not None and p.strip()]
     return scrub_surrogates("\n\n".join(parts))
-
-
-def params_from(settings: Settings) -> GenerationParams:
-    """Generation parameters from settings."""
-    return GenerationParams(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        repetition_penalty=settings.repetition_penalty,
-        max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-    )
 
 
 def warn(message: str) -> None:
@@ -122,26 +110,26 @@ def run_ask(request: AskRequest) -> int:
     from mixchat.prompt import prompt_messages
     from mixchat.session import ReplyRecorder, stream_reply
 
-    settings = load_settings(request.flags)
+    sources = load_sources(request.flags)
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
     if not prompt.strip():
         return fail("nothing to ask: give a prompt as an argument or pipe text into stdin")
-    if request.show_prompt and settings.endpoint:
+    if request.show_prompt and sources.effective().endpoint:
         return fail("--show-prompt needs a local model; the server at --endpoint builds its own")
     if sys.stdout.isatty():
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
 
-    store, conv = _open_conversation(request, settings)
-    system_prompt = request.flags.get("system_prompt") or (
-        conv.system_prompt if conv is not None else settings.system_prompt
-    )
+    store, conv = _open_conversation(request)
+    # The conversation's saved settings rank above config and environment, below flags.
+    settings = sources.effective(conv)
+    system_prompt = settings.system_prompt
     history = prompt_messages(conv.messages if conv else [])
     user_message = Message(role=Role.USER, content=prompt)
-    params = params_from(settings)
+    params = GenerationParams.from_settings(settings)
 
-    from mixchat.commands.interactive import make_engine
+    from mixchat.engine import factory
 
-    engine = make_engine(settings)
+    engine = factory.make_engine(settings)
     try:
         if request.show_prompt:
             return _show_prompt(engine, [*history, user_message], system_prompt, params, request)
@@ -162,7 +150,7 @@ def run_ask(request: AskRequest) -> int:
                 conv = store.create_conversation(
                     model=settings.model,
                     system_prompt=system_prompt,
-                    settings=_saved(settings),
+                    settings=conversation_settings(settings),
                     first_message=user_message,
                 )
                 created = True
@@ -246,12 +234,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _saved(settings: Settings) -> dict[str, Any]:
-    keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
-    return {k: getattr(settings, k) for k in keys}
-
-
-def _open_conversation(request: AskRequest, settings: Settings) -> tuple[Any, Conversation | None]:
+def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
     """The store (None with --no-save) and the conversation to continue, if any."""
     from mixchat.store import ConversationStore, NotFoundError
 

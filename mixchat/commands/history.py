@@ -172,6 +172,29 @@ def remove_conversation(conversation_id: str) -> None:
     print(f"deleted {full[:SHORT_ID]}", file=sys.stderr)
 
 
+def complete_conversation_ids(incomplete: str, limit: int = 50) -> list[tuple[str, str]]:
+    """Ids starting with ``incomplete`` and their titles, newest first, for shell completion.
+    Creates nothing: without a database there is nothing to complete."""
+    from mixchat import paths
+    from mixchat.store import ConversationStore, StoreError
+
+    if not paths.database_file().exists():
+        return []
+    try:
+        with ConversationStore.open() as store:
+            rows = store.list_conversations(limit=10_000)
+    except StoreError:
+        return []
+    found = [(r.id, _plain(r.title)) for r in rows if r.id.startswith(incomplete)]
+    return found[:limit]
+
+
+def _plain(title: str) -> str:
+    # Shells evaluate completion output: keep titles to letters, digits and a few marks.
+    kept = "".join(ch if ch.isalnum() or ch in " -_.,!?" else " " for ch in title)
+    return _one_line(kept, 60)
+
+
 def show_config(as_json: bool) -> None:
     """Print the settings in effect and where files live."""
     from mixchat import paths

@@ -6,27 +6,14 @@ import sys
 from typing import Any
 
 from mixchat.commands.errors import fail
-from mixchat.config import Settings, load_settings, save_setting
-from mixchat.engine.base import Engine
-
-
-def make_engine(settings: Settings) -> Engine:
-    """The remote engine when an endpoint is set, else the local transformers engine
-    (imported here, on the loading thread)."""
-    if settings.endpoint:
-        from mixchat.engine.remote import RemoteEngine
-
-        return RemoteEngine(settings, settings.endpoint, api_key_env=settings.api_key_env)
-    from mixchat.engine.transformers import TransformersEngine
-
-    return TransformersEngine(settings)
+from mixchat.config import load_sources, save_setting
 
 
 def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bool) -> int:
     """Start the Textual app; returns the exit code."""
     from mixchat.store import ConversationStore, NotFoundError
 
-    settings = load_settings(flags)
+    sources = load_sources(flags)
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         return fail('the interactive app needs a terminal; for scripts use: mixchat ask "..."')
     store = ConversationStore.open()
@@ -38,14 +25,16 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             resume_id = store.last_conversation_id()
             if resume_id is None:
                 raise NotFoundError("no saved conversation to continue")
+        from mixchat.engine import factory
         from mixchat.tui.app import MixchatApp
 
         app = MixchatApp(
-            settings,
-            make_engine,
+            sources.base,
+            factory.make_engine,
             store,
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
+            flags=sources.flags,
         )
         app.run()
         return int(app.return_code or 0)

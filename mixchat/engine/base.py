@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, Protocol
 
+from mixchat.config import DEFAULTS, Settings
 from mixchat.conversation import Message
 
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings for one reply. ``temperature == 0`` means greedy."""
+    """Sampling settings for one reply. ``temperature == 0`` means greedy. The defaults and
+    meanings are those of the same-named settings (``mixchat.config``)."""
 
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 1024
-    seed: int | None = None
+    temperature: float = DEFAULTS.temperature
+    top_p: float = DEFAULTS.top_p
+    top_k: int = DEFAULTS.top_k
+    repetition_penalty: float = DEFAULTS.repetition_penalty
+    max_new_tokens: int = DEFAULTS.max_new_tokens
+    seed: int | None = DEFAULTS.seed
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GenerationParams:
+        """The generation parameters of ``settings``."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from textual import on
 from textual.app import App, SystemCommand
@@ -16,7 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from mixchat.config import Settings
+from mixchat.config import Settings, SettingsSources
 from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
 from mixchat.store import ConversationStore
 from mixchat.tui.messages import ModelFailed, ModelLoading, ModelNotice, ModelReady
@@ -46,9 +47,12 @@ class MixchatApp(App[None]):
         store: ConversationStore,
         resume_id: str | None = None,
         on_theme_saved: Callable[[str], None] | None = None,
+        flags: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.settings = settings
+        # ``settings``: defaults, config and environment; ``flags``: the command line's.
+        self.sources = SettingsSources(settings, dict(flags or {}))
+        self.settings = self.sources.effective()
         self.engine_factory = engine_factory
         self.store = store
         self.resume_id = resume_id
@@ -61,7 +65,7 @@ class MixchatApp(App[None]):
         await self._model_settled.wait()
 
     def get_default_screen(self) -> Screen[None]:
-        return ChatScreen(self.store, self.settings, self.resume_id)
+        return ChatScreen(self.store, self.sources, self.resume_id)
 
     @property
     def chat_screen(self) -> ChatScreen:

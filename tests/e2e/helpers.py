@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +38,17 @@ def run(
     )
 
 
-def show_json(conversation_id: str) -> dict[str, Any]:
-    """``mixchat show ID --json`` parsed."""
-    result = run("show", conversation_id, "--json")
+def show_json(conversation_id: str, runner: Callable[..., Any] = run) -> dict[str, Any]:
+    """``mixchat show ID --json`` parsed (``runner``: a subprocess, or the in-process cli)."""
+    result = runner("show", conversation_id, "--json")
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
 
 
-def last_id() -> str:
+def last_id(runner: Callable[..., Any] = run) -> str:
     """The id of the most recently updated conversation."""
-    result = run("list", "--json")
+    result = runner("list", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows, "no conversations saved"

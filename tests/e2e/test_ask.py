@@ -1,4 +1,7 @@
-"""End to end: the installed ``mixchat ask`` against a tiny random-weight Mixtral."""
+"""End to end: ``mixchat ask`` against a tiny random-weight Mixtral.
+
+In process (the ``cli`` fixture: engines loaded once per session) except where a real
+process is the point: the installed command's smoke test and a signal."""
 
 from __future__ import annotations
 
@@ -7,26 +10,46 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.cli_harness import Cli, CliResult
 from tests.e2e.helpers import last_id, mixchat_exe, run, show_json
 
 pytestmark = pytest.mark.e2e
 
 GREEDY = ("--temperature", "0")
+Ask = Callable[..., CliResult]
 
 
-def ask(model: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return run("ask", "--model", str(model), "--max-tokens", "12", *args, **kwargs)  # type: ignore[arg-type]
+@pytest.fixture
+def ask(cli: Cli) -> Ask:
+    """``mixchat ask --model MODEL --max-tokens 12 ...`` in process."""
+
+    def run_ask(model: Path, *args: str, input: str | None = None) -> CliResult:
+        return cli("ask", "--model", str(model), "--max-tokens", "12", *args, input=input)
+
+    return run_ask
 
 
-def test_ask_streams_exact_text_to_a_pipe_and_saves_it(tiny_model: Path) -> None:
+def test_the_installed_command_streams_and_saves(tiny_model: Path) -> None:
+    # The smoke test of `ask`: the installed command in a real process, stdout a pipe.
+    result = run("ask", "--model", str(tiny_model), "--max-tokens", "5", "--temperature", "0", "hi")
+    assert result.returncode == 0, result.stderr
+    conv = show_json(last_id())
+    assert [m["content"] for m in conv["messages"]] == ["hi", result.stdout]
+    assert result.stderr == ""
+
+
+def test_ask_streams_exact_text_to_a_pipe_and_saves_it(
+    ask: Ask, cli: Cli, tiny_model: Path
+) -> None:
     result = ask(tiny_model, *GREEDY, "Name three colours.")
     assert result.returncode == 0, result.stderr
     assert result.stdout, "no answer on stdout"
-    conv = show_json(last_id())
+    conv = show_json(last_id(cli), cli)
     roles = [(m["role"], m["status"]) for m in conv["messages"]]
     assert roles == [("user", "complete"), ("assistant", "complete")]
     assert conv["messages"][0]["content"] == "Name three colours."
@@ -36,7 +59,7 @@ def test_ask_streams_exact_text_to_a_pipe_and_saves_it(tiny_model: Path) -> None
     assert conv["title"] == "Name three colours."
 
 
-def test_greedy_is_deterministic_and_seed_is_honoured(tiny_model: Path) -> None:
+def test_greedy_is_deterministic_and_seed_is_honoured(ask: Ask, cli: Cli, tiny_model: Path) -> None:
     first = ask(tiny_model, *GREEDY, "--no-save", "hello")
     second = ask(tiny_model, *GREEDY, "--no-save", "hello")
     assert first.returncode == second.returncode == 0
@@ -50,7 +73,9 @@ def test_greedy_is_deterministic_and_seed_is_honoured(tiny_model: Path) -> None:
     assert other != sampled[0]
 
 
-def test_continue_puts_the_first_exchange_in_the_second_prompt(tiny_model: Path) -> None:
+def test_continue_puts_the_first_exchange_in_the_second_prompt(
+    ask: Ask, cli: Cli, tiny_model: Path
+) -> None:
     first = ask(tiny_model, *GREEDY, "What is 2+2?")
     assert first.returncode == 0, first.stderr
     shown = ask(tiny_model, "-c", "--show-prompt", "--json", "And 3+3?")
@@ -61,7 +86,7 @@ def test_continue_puts_the_first_exchange_in_the_second_prompt(tiny_model: Path)
     )
     second = ask(tiny_model, *GREEDY, "-c", "And 3+3?")
     assert second.returncode == 0, second.stderr
-    conv = show_json(last_id())
+    conv = show_json(last_id(cli), cli)
     assert [m["content"] for m in conv["messages"]] == [
         "What is 2+2?",
         first.stdout,
@@ -71,11 +96,11 @@ def test_continue_puts_the_first_exchange_in_the_second_prompt(tiny_model: Path)
     # --conversation with a short prefix continues the same conversation.
     third = ask(tiny_model, *GREEDY, "--conversation", conv["id"][:6], "And 4+4?")
     assert third.returncode == 0, third.stderr
-    assert len(show_json(conv["id"])["messages"]) == 6
+    assert len(show_json(conv["id"], cli)["messages"]) == 6
 
 
 def test_show_prompt_matches_mistral_reference_and_loads_no_weights(
-    tiny_model: Path, tmp_path: Path
+    ask: Ask, cli: Cli, tiny_model: Path, tmp_path: Path
 ) -> None:
     from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -88,7 +113,7 @@ def test_show_prompt_matches_mistral_reference_and_loads_no_weights(
         if not item.name.endswith(".safetensors"):
             (no_weights / item.name).write_bytes(item.read_bytes())
     text = "  literal </s> and [INST] x [/INST] <s>\ttab 🎉 中文  "
-    result = run(
+    result = cli(
         "ask",
         "--model",
         str(no_weights),
@@ -115,12 +140,12 @@ def test_show_prompt_matches_mistral_reference_and_loads_no_weights(
     assert data["format"] == "mistral-v1"
 
 
-def test_json_output_has_reply_usage_and_model(tiny_model: Path) -> None:
+def test_json_output_has_reply_usage_and_model(ask: Ask, cli: Cli, tiny_model: Path) -> None:
     result = ask(tiny_model, *GREEDY, "--json", "hi")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["conversation_id"] == last_id()
-    assert data["reply"] == show_json(last_id())["messages"][1]["content"]
+    assert data["conversation_id"] == last_id(cli)
+    assert data["reply"] == show_json(last_id(cli), cli)["messages"][1]["content"]
     usage = data["usage"]
     assert usage["completion_tokens"] == 12
     assert usage["prompt_tokens"] == len(
@@ -134,23 +159,25 @@ def test_json_output_has_reply_usage_and_model(tiny_model: Path) -> None:
     assert model["weight_bytes"] > 1_000_000
 
 
-def test_stdin_is_appended_to_the_prompt(tiny_model: Path) -> None:
+def test_stdin_is_appended_to_the_prompt(ask: Ask, cli: Cli, tiny_model: Path) -> None:
     result = ask(tiny_model, "summarize", input="line one\nline two\n")
     assert result.returncode == 0, result.stderr
-    user = show_json(last_id())["messages"][0]
+    user = show_json(last_id(cli), cli)["messages"][0]
     assert user["content"] == "summarize\n\nline one\nline two\n"
     only_stdin = ask(tiny_model, input="just stdin")
     assert only_stdin.returncode == 0
-    assert show_json(last_id())["messages"][0]["content"] == "just stdin"
+    assert show_json(last_id(cli), cli)["messages"][0]["content"] == "just stdin"
 
 
-def test_no_save_leaves_no_conversation(tiny_model: Path, mixchat_home: Path) -> None:
+def test_no_save_leaves_no_conversation(
+    ask: Ask, cli: Cli, tiny_model: Path, mixchat_home: Path
+) -> None:
     result = ask(tiny_model, "--no-save", "secret words")
     assert result.returncode == 0, result.stderr
-    assert not (mixchat_home / "data").exists() or json.loads(run("list", "--json").stdout) == []
+    assert not (mixchat_home / "data").exists() or json.loads(cli("list", "--json").stdout) == []
 
 
-def test_sigint_keeps_the_partial_reply_and_exits_130(tiny_model: Path) -> None:
+def test_sigint_keeps_the_partial_reply_and_exits_130(tiny_model: Path, ask: Ask, cli: Cli) -> None:
     proc = subprocess.Popen(
         [
             mixchat_exe(),
@@ -181,14 +208,14 @@ def test_sigint_keeps_the_partial_reply_and_exits_130(tiny_model: Path) -> None:
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert b"partial reply is saved" in err
-    conv = show_json(last_id())
+    conv = show_json(last_id(cli), cli)
     reply = conv["messages"][-1]
     assert reply["role"] == "assistant" and reply["status"] == "interrupted"
     assert reply["content"] == (received + rest).decode()
     # The conversation goes on afterwards.
     again = ask(tiny_model, "-c", "go on")
     assert again.returncode == 0, again.stderr
-    assert len(show_json(conv["id"])["messages"]) == 4
+    assert len(show_json(conv["id"], cli)["messages"]) == 4
 
 
 @pytest.mark.parametrize(
@@ -206,9 +233,9 @@ def test_sigint_keeps_the_partial_reply_and_exits_130(tiny_model: Path) -> None:
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(
-    args: tuple[str, ...], stdin: str | None, code: int, needle: str
+    ask: Ask, cli: Cli, args: tuple[str, ...], stdin: str | None, code: int, needle: str
 ) -> None:
-    result = run(*args, input=stdin)
+    result = cli(*args, input=stdin)
     assert result.returncode == code, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr
@@ -216,7 +243,9 @@ def test_bad_input_gives_one_line_and_nonzero_exit(
     assert result.stdout == ""
 
 
-def test_bad_config_file_names_key_and_file(mixchat_home: Path, tiny_model: Path) -> None:
+def test_bad_config_file_names_key_and_file(
+    ask: Ask, cli: Cli, mixchat_home: Path, tiny_model: Path
+) -> None:
     config = mixchat_home / "config" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('temperature = "hot"\n')
@@ -224,12 +253,12 @@ def test_bad_config_file_names_key_and_file(mixchat_home: Path, tiny_model: Path
     assert result.returncode == 2
     assert str(config) in result.stderr and "temperature" in result.stderr
     config.write_text("this is = = not toml")
-    result = run("config")
+    result = cli("config")
     assert result.returncode == 2 and str(config) in result.stderr
     assert config.read_text() == "this is = = not toml"
 
 
-def test_model_dir_errors(tmp_path: Path, tiny_model: Path) -> None:
+def test_model_dir_errors(ask: Ask, cli: Cli, tmp_path: Path, tiny_model: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = ask(empty, "hi")
@@ -245,7 +274,7 @@ def test_model_dir_errors(tmp_path: Path, tiny_model: Path) -> None:
 
 
 def test_question_too_long_for_the_context_is_refused_before_loading_weights(
-    tiny_model: Path, tmp_path: Path
+    ask: Ask, cli: Cli, tiny_model: Path, tmp_path: Path
 ) -> None:
     # The tokenizer and a 64-token context, but no weights: only a check made before
     # loading can answer with the context error (loading would fail on the weights).
@@ -260,9 +289,9 @@ def test_question_too_long_for_the_context_is_refused_before_loading_weights(
     kept = ask(tiny_model, *GREEDY, "keep me")
     assert kept.returncode == 0, kept.stderr
 
-    result = run("ask", "--model", str(model), "--max-tokens", "8", "word " * 200)
+    result = cli("ask", "--model", str(model), "--max-tokens", "8", "word " * 200)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "context" in result.stderr and "64" in result.stderr, result.stderr
-    listed = json.loads(run("list", "--json").stdout)
+    listed = json.loads(cli("list", "--json").stdout)
     assert [c["title"] for c in listed] == ["keep me"]  # nothing saved, nothing lost

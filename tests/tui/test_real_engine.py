@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mixchat.commands.interactive import make_engine
 from mixchat.config import Settings
 from mixchat.conversation import Role, Status
+from mixchat.engine.factory import make_engine
 from mixchat.store import ConversationStore
 from mixchat.tui.app import MixchatApp
 from mixchat.tui.widgets.chat_view import AssistantBlock

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 
-from mixchat.config import Settings
+from mixchat.config import CONVERSATION_KEYS, Settings, SettingsSources, conversation_settings
 from mixchat.conversation import Conversation, Message, Role, Status
 from mixchat.engine.base import (
     ContextTrimmed,
@@ -33,19 +33,13 @@ from mixchat.session import ReplyRecorder, stream_reply
 from mixchat.store import ConversationStore, StoreError
 from mixchat.tui.errors import notify_store_errors
 from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, ReplyUsage
-from mixchat.tui.screens.modals import (
-    ConfirmScreen,
-    ConversationSettings,
-    RenameScreen,
-    SettingsScreen,
-)
+from mixchat.tui.screens.modals import ConfirmScreen, RenameScreen, SettingsScreen
 from mixchat.tui.widgets.chat_view import AssistantBlock, ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 from mixchat.tui.widgets.sidebar import ConversationList, Sidebar
 from mixchat.tui.widgets.status_bar import StatusBar
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-SETTING_KEYS = ("temperature", "top_p", "max_new_tokens")
 
 
 class ChatScreen(Screen[None]):
@@ -65,11 +59,12 @@ class ChatScreen(Screen[None]):
     ]
 
     def __init__(
-        self, store: ConversationStore, settings: Settings, resume_id: str | None = None
+        self, store: ConversationStore, sources: SettingsSources, resume_id: str | None = None
     ) -> None:
         super().__init__()
         self.store = store
-        self.settings = settings
+        self.sources = sources
+        self.settings = sources.effective()
         self.resume_id = resume_id
         self.conversation: Conversation | None = None
         self.engine: Engine | None = None
@@ -81,7 +76,8 @@ class ChatScreen(Screen[None]):
         self._buffer: list[str] = []
         self._buffer_lock = threading.Lock()
         self._flush_posted = False
-        self._new_settings: ConversationSettings | None = None
+        # Settings chosen in the settings window for the next new conversation.
+        self._new_settings: dict[str, Any] = {}
         self.exit_after_reply = False
 
     def compose(self) -> ComposeResult:
@@ -111,33 +107,17 @@ class ChatScreen(Screen[None]):
     def sidebar(self) -> Sidebar:
         return self.query_one(Sidebar)
 
-    def _setting_values(self) -> dict[str, Any]:
-        """Temperature, top-p and max tokens in effect: the open conversation's saved ones,
-        else those chosen for the next new conversation, else the configured defaults."""
+    def effective_settings(self) -> Settings:
+        """The settings in effect for the open conversation, or for the next new one."""
         if self.conversation is not None:
-            saved = self.conversation.settings
-            return {k: saved.get(k, getattr(self.settings, k)) for k in SETTING_KEYS}
-        source = self._new_settings or self.settings
-        return {k: getattr(source, k) for k in SETTING_KEYS}
+            return self.sources.effective(self.conversation)
+        return replace(self.sources.effective(), **self._new_settings)
 
     def _params(self) -> GenerationParams:
-        s = self.settings
-        values = self._setting_values()
-        return GenerationParams(
-            temperature=float(values["temperature"]),
-            top_p=float(values["top_p"]),
-            top_k=s.top_k,
-            repetition_penalty=s.repetition_penalty,
-            max_new_tokens=int(values["max_new_tokens"]),
-            seed=s.seed,
-        )
+        return GenerationParams.from_settings(self.effective_settings())
 
     def _system_prompt(self) -> str | None:
-        if self.conversation is not None:
-            return self.conversation.system_prompt
-        if self._new_settings is not None:
-            return self._new_settings.system_prompt
-        return self.settings.system_prompt
+        return self.effective_settings().system_prompt
 
     def _reload_conversation(self) -> None:
         if self.conversation is not None:
@@ -169,13 +149,14 @@ class ChatScreen(Screen[None]):
         message = Message(Role.USER, text)
         if self.conversation is None:
             # One transaction: a conversation never exists without its first message.
+            settings = self.effective_settings()
             self.conversation = self.store.create_conversation(
                 model=self.settings.model,
-                system_prompt=self._system_prompt(),
-                settings=self._setting_values(),
+                system_prompt=settings.system_prompt,
+                settings=conversation_settings(settings),
                 first_message=message,
             )
-            self._new_settings = None
+            self._new_settings = {}
             self.sidebar.current_id = self.conversation.id
         else:
             self.store.append_message(self.conversation.id, message)
@@ -315,7 +296,7 @@ class ChatScreen(Screen[None]):
             self.notify("Stop the answer first (Esc).", severity="warning")
             return
         self.conversation = None
-        self._new_settings = None
+        self._new_settings = {}
         self.sidebar.current_id = None
         await self.chat.show_conversation([])
         self.status.context_used = 0
@@ -411,23 +392,24 @@ class ChatScreen(Screen[None]):
     @notify_store_errors
     def action_settings(self) -> None:
         """Edit this conversation's system prompt and generation settings."""
-        params = self._params()
-        current = ConversationSettings(
-            self._system_prompt(), params.temperature, params.top_p, params.max_new_tokens
-        )
+        settings = self.effective_settings()
+        current = {"system_prompt": settings.system_prompt, **conversation_settings(settings)}
 
         @notify_store_errors
-        def apply(self: ChatScreen, result: ConversationSettings | None) -> None:
+        def apply(self: ChatScreen, result: dict[str, Any] | None) -> None:
             if result is None:
                 return
+            changed = {k: v for k, v in result.items() if v != current[k]}
+            # What the user just chose wins over a flag given when the app started.
+            self.sources = self.sources.without_flags(changed)
             if self.conversation is None:
-                self._new_settings = result
+                self._new_settings.update(changed)
             else:
-                values = {k: getattr(result, k) for k in SETTING_KEYS}
+                saved = {k: result[k] for k in CONVERSATION_KEYS}
                 self.store.update_settings(
                     self.conversation.id,
-                    system_prompt=result.system_prompt,
-                    settings={**self.conversation.settings, **values},
+                    system_prompt=result["system_prompt"],
+                    settings={**self.conversation.settings, **saved},
                 )
                 self._reload_conversation()
             self.notify("Settings saved for this conversation.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -57,40 +57,33 @@ class RenameScreen(ModalScreen[str | None]):
         self.dismiss(value or None)
 
 
-@dataclass
-class ConversationSettings:
-    """What the settings modal edits."""
-
-    system_prompt: str | None
-    temperature: float
-    top_p: float
-    max_new_tokens: int
+def _shown(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
-class SettingsScreen(ModalScreen[ConversationSettings | None]):
-    """System prompt and generation settings of this conversation."""
+class SettingsScreen(ModalScreen[dict[str, Any] | None]):
+    """A conversation's system prompt and generation settings: one field per
+    conversation-scoped setting of ``mixchat.config``, validated by its parser."""
 
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("ctrl+s", "save", "Save"),
     ]
 
-    def __init__(self, current: ConversationSettings) -> None:
+    def __init__(self, current: dict[str, Any]) -> None:
         super().__init__()
         self.current = current
 
     def compose(self) -> ComposeResult:
-        c = self.current
+        from mixchat.config import CONVERSATION_KEYS, OPTIONS
+
         with Vertical(classes="dialog wide"):
             yield Label("System prompt")
-            yield TextArea(c.system_prompt or "", id="system", soft_wrap=True)
+            yield TextArea(self.current.get("system_prompt") or "", id="system", soft_wrap=True)
             with Grid(classes="fields"):
-                yield Label("Temperature (0 = greedy)")
-                yield Input(str(c.temperature), id="temperature")
-                yield Label("Top-p")
-                yield Input(str(c.top_p), id="top_p")
-                yield Label("Max new tokens")
-                yield Input(str(c.max_new_tokens), id="max_new_tokens")
+                for key in CONVERSATION_KEYS:
+                    yield Label(Text(OPTIONS[key].doc.capitalize()))
+                    yield Input(_shown(self.current.get(key)), id=key)
             yield Label("", id="error", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Save (Ctrl+S)", variant="primary", id="save")
@@ -103,27 +96,18 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
             self.dismiss(None)
 
     def action_save(self) -> None:
-        """Validate and return the new settings."""
-        from mixchat.config import ConfigError, Settings, apply_values
+        """Validate and return the new settings (system prompt included)."""
+        from mixchat.config import CONVERSATION_KEYS, ConfigError, Settings, apply_values
 
-        values = {
-            key: self.query_one(f"#{key}", Input).value
-            for key in ("temperature", "top_p", "max_new_tokens")
-        }
+        values = {key: self.query_one(f"#{key}", Input).value for key in CONVERSATION_KEYS}
         try:
             parsed = apply_values(Settings(), values, "settings")
         except ConfigError as exc:
             self.query_one("#error", Label).update(Text(str(exc)))
             return
         system = self.query_one("#system", TextArea).text
-        self.dismiss(
-            ConversationSettings(
-                system_prompt=system if system.strip() else None,
-                temperature=parsed.temperature,
-                top_p=parsed.top_p,
-                max_new_tokens=parsed.max_new_tokens,
-            )
-        )
+        result = {key: getattr(parsed, key) for key in CONVERSATION_KEYS}
+        self.dismiss({"system_prompt": system if system.strip() else None, **result})
 
 
 HELP_ROWS = [
