@@ -46,6 +46,13 @@ class Settings:
     theme: str = "mixchat-dark"
     endpoint: str = ""
     api_key_env: str = "MIXCHAT_API_KEY"
+    # Limits on an OpenAI-compatible server (--endpoint); documented in FIELDS.
+    server_idle_timeout_s: float = 300.0
+    server_reply_timeout_s: float = 1800.0
+    server_max_event_bytes: int = 1 << 20
+    server_max_reply_bytes: int = 64 << 20
+    server_retries: int = 3
+    server_retry_max_wait_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -141,12 +148,56 @@ def _max_memory(value: Any) -> str:
     return value.strip()
 
 
+def check_endpoint(value: str) -> str:
+    """An OpenAI-compatible server's URL, checked and with surrounding spaces removed.
+
+    ``http(s)://host[:port][/path]``: a host, a port in 1-65535 if any, no user name or
+    password (the key goes in the variable named by ``api_key_env``), no query or fragment,
+    no spaces or control characters. Raises ``ValueError`` saying what is wrong.
+    """
+    from urllib.parse import urlsplit
+
+    url = value.strip()
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL (empty: run the model locally)")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not hold a user name or password; put the key in the variable "
+            "that api_key_env names"
+        )
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError("has no host name")
+    if ":" in host or "[" in parts.netloc:  # an IPv6 literal: urlsplit checks only brackets
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise ValueError(f"has an invalid IPv6 address {host!r}") from None
+    elif any(c in _BAD_HOST_CHARS for c in host):
+        raise ValueError(f"has an invalid host name {host!r}")
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("has an invalid port (1-65535)")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("must not have a query (?...) or fragment (#...)")
+    return url
+
+
+_BAD_HOST_CHARS = frozenset("<>\"{}|\\^`%[]/?#@,;=!$&'()*+")
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL (empty: run the model locally)")
-    return value
+    return check_endpoint(value) if value.strip() else ""
 
 
 def _env_name(value: Any) -> str:
@@ -216,6 +267,38 @@ FIELDS: dict[str, Field] = {
         ),
         # The key itself is never stored: only the name of the variable that holds it.
         Field("api_key_env", "environment variable holding the server's API key", _env_name),
+        # Limits on the server: each error names the setting to raise.
+        Field(
+            "server_idle_timeout_s",
+            "seconds the server may send no data (before its first event or between two)",
+            _number(0.001, 86400.0),
+        ),
+        Field(
+            "server_reply_timeout_s",
+            "seconds one reply from the server may take, retries included",
+            _number(0.001, 604800.0),
+        ),
+        Field(
+            "server_max_event_bytes",
+            "largest stream event (one Server-Sent Event, or one line of it) from the server",
+            _integer(1024, high=1 << 30),
+        ),
+        Field(
+            "server_max_reply_bytes",
+            "most bytes read from the server for one reply or model listing",
+            _integer(1024, high=1 << 40),
+        ),
+        Field(
+            "server_retries",
+            "retries of a request that fails before the first token (refused connection, "
+            "408, 429, 502, 503, 504, a dropped stream); 0 turns them off",
+            _integer(0, high=100),
+        ),
+        Field(
+            "server_retry_max_wait_s",
+            "longest wait before a retry; a server asking (Retry-After) for longer is not retried",
+            _number(0.0, 3600.0),
+        ),
     ]
 }
 assert set(FIELDS) == {f.name for f in fields(Settings)}
