@@ -186,11 +186,14 @@ def check_endpoint(value: str) -> str:
         raise ValueError(f"has an invalid host name {host!r}")
     if port == 0 or (port is None and parts.netloc.endswith(":")):
         raise ValueError("has an invalid port (1-65535)")
+    if not _NETLOC.match(parts.netloc):  # e.g. "[::1]]:80": urlsplit takes it apart anyway
+        raise ValueError(f"is not a valid URL (host and port {parts.netloc!r})")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ValueError("must not have a query (?...) or fragment (#...)")
     return url
 
 
+_NETLOC = re.compile(r"^(\[[^\[\]]*\]|[^\[\]:]+)(:\d+)?$")
 _BAD_HOST_CHARS = frozenset("<>\"{}|\\^`%[]/?#@,;=!$&'()*+")
 
 

@@ -15,6 +15,7 @@ and the reply ends as ``length``, so an endless stream cannot run on.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 import time
@@ -64,6 +65,12 @@ class ReplyState:
         rate = (completion - 1) / decode_s if completion > 1 and decode_s > 0 else None
         cached = min(self.usage.get("cached", 0), prompt)
         return Usage(prompt, completion, self.ttft, duration, rate, cached_tokens=cached)
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one too long to be any count (or for Python to parse) is read as
+    infinity, which the field checks then refuse like any other bad number."""
+    return int(text) if len(text) <= 24 else math.inf
 
 
 def _put(items: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -196,7 +203,7 @@ class ReplyReader:
             state.done = True
             return "end"
         try:
-            data = json.loads(event.data)
+            data = json.loads(event.data, parse_int=_json_int)
         except (ValueError, RecursionError):
             yield from self.fail(f"{where} sent a malformed event: {event.data[:80]}")
             return "failed"
@@ -246,7 +253,12 @@ class ReplyReader:
                 "finish_reason", f"{where} sent no finish_reason; took the reply as complete"
             )
         if state.finish is None:
-            if state.events == 0 and not state.emitted:
+            if state.events == 0 and not state.emitted and (foreign or "").startswith("<"):
+                yield from self.fail(
+                    f"{where} answered with an HTML page instead of an event stream; "
+                    "is --endpoint the address of its OpenAI-compatible API?"
+                )
+            elif state.events == 0 and not state.emitted:
                 what = f"; it began: {shown(foreign)}" if foreign else ""
                 yield from self.fail(f"{where} ended the stream without sending any event{what}")
             else:

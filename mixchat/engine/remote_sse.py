@@ -70,6 +70,8 @@ class SSEDecoder:
 
     def close(self) -> list[SSEEvent]:
         """The stream ended: an event whose lines were all complete still counts."""
+        if self._line and self.foreign_line is None and not self._line.startswith(b"data"):
+            self.foreign_line = self._line[:_SAMPLE].decode("utf-8", errors="replace")
         self._line.clear()  # an unfinished line at the end was cut off: not trusted
         event = self._dispatch()
         return [event] if event is not None else []

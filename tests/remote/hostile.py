@@ -274,8 +274,9 @@ def huge_event() -> Behaviour:
 
 def huge_error(status: int = 500) -> Behaviour:
     """An error status whose body goes on for hundreds of MB."""
-    return endless_body(b'{"error": {"message": "', b"y" * BLOCK, status=status,
-                        content_type="application/json")
+    return endless_body(
+        b'{"error": {"message": "', b"y" * BLOCK, status=status, content_type="application/json"
+    )
 
 
 def endless(text: str = "tok ") -> Behaviour:

@@ -52,13 +52,14 @@ def test_a_huge_error_body_is_read_only_in_part(hostile: HostileServer, code: in
     hostile.plan = [h.huge_error(code)]
     message = failure(converse(hostile.url, server_retries=0)).message
     assert f"({code})" in message or f"error {code}" in message
-    assert 'yyyyyy' in message and message.endswith("…")
+    assert "yyyyyy" in message and message.endswith("…")
     assert_reader_stopped_early(hostile)
 
 
 def test_a_huge_page_instead_of_a_stream_is_read_only_in_part(hostile: HostileServer) -> None:
-    hostile.plan = [h.endless_body(b"<html><title>Login</title>", b"z" * h.BLOCK,
-                                   content_type="text/html")]
+    hostile.plan = [
+        h.endless_body(b"<html><title>Login</title>", b"z" * h.BLOCK, content_type="text/html")
+    ]
     message = failure(converse(hostile.url)).message
     assert message.startswith(f"{hostile.url} answered with an HTML page (Login) instead")
     assert_reader_stopped_early(hostile)
