@@ -9,6 +9,7 @@ most ``MAX_ERROR_BYTES`` of its body read.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import importlib
 import json
@@ -121,8 +122,8 @@ def retry_after(headers: Any, now: float | None = None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # HTTP dates are GMT, whether they say so or not
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
