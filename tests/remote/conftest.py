@@ -30,7 +30,7 @@ import pytest
 
 from mixchat.config import Settings
 from mixchat.engine.remote import RemoteEngine
-from tests.remote.hostile import HostileServer
+from tests.remote.hostile import HostileServer, running
 
 READY_TIMEOUT_S = 120.0
 
@@ -228,12 +228,5 @@ def stub() -> Iterator[StubServer]:
 @pytest.fixture
 def hostile() -> Iterator[HostileServer]:
     """A hostile OpenAI-compatible server (tests/remote/hostile.py), stopped after the test."""
-    server = HostileServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running() as server:
         yield server
-    finally:
-        server.stopping.set()
-        server.shutdown()
-        server.server_close()

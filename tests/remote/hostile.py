@@ -18,7 +18,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -162,6 +163,20 @@ class HostileServer(ThreadingHTTPServer):
         record = self.sent[-1]
         assert record.done.wait(timeout), "the hostile server's handler did not finish"
         return record
+
+
+@contextmanager
+def running() -> Iterator[HostileServer]:
+    """A hostile server serving on a thread until the block ends."""
+    server = HostileServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
 
 
 # -- building events -----------------------------------------------------------------
