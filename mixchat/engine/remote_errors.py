@@ -97,7 +97,8 @@ def _status_line(exc: StatusFailure, ctx: Context) -> str:
     if status == 403:
         return f"{where} denied access (403): {detail}"
     if status == 404:
-        served = f"; it serves {', '.join(ctx.served[:5])}" if ctx.served else ""
+        names = ", ".join(one_line(m, 60) for m in (ctx.served or [])[:5])
+        served = f"; it serves {names}" if names else ""
         return f"model {ctx.settings.model!r} not found at {where} (404){served}"
     if status == 429:
         return f"{where} is busy (429 too many requests); try again shortly"

@@ -94,14 +94,15 @@ def read_usage(raw: Any, notices: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def error_message(raw: Any) -> str:
-    """The words of an error object (``{"message": ...}``), a string, or its JSON."""
-    if isinstance(raw, dict):
-        for key in ("message", "detail", "error"):
-            value = raw.get(key)
-            if isinstance(value, str) and value.strip():
-                return value
-            if isinstance(value, dict | list):
-                return error_message(value)
+    """The words of an error object (``{"message": ...}``, nested a few levels at most),
+    a string, or the value itself, cut short."""
+    for _ in range(8):  # a loop, not recursion: a server may nest errors deeply
+        if not isinstance(raw, dict):
+            break
+        inner = next((raw[k] for k in ("message", "detail", "error") if raw.get(k)), None)
+        if inner is None:
+            break
+        raw = inner
     if isinstance(raw, str) and raw.strip():
         return raw
     return shown(raw) if raw not in (None, "", {}, []) else "no details"

@@ -291,3 +291,22 @@ def test_read_chunk_takes_any_json_and_yields_only_checked_values(data: object, 
     assert view.error is None or isinstance(view.error, str)
     for key, line in view.notices:
         assert isinstance(key, str) and "\n" not in json.dumps(line)[1:-1].replace("\\n", "")
+
+
+@pytest.mark.parametrize("depth", [3, 200, 900])
+def test_deeply_nested_errors_are_one_line(hostile: HostileServer, depth: int) -> None:
+    nested = '{"error": ' * depth + '"deep"' + "}" * depth
+    hostile.plan = [
+        h.events(h.chunk("Hi"), f"data: {nested}\n\n"),
+        h.body(400, nested, "application/json"),
+    ]
+    events = converse(hostile.url)
+    assert text_of(events) == "Hi" and "reported an error mid-reply:" in failure(events).message
+    assert "rejected the request (400):" in failure(converse(hostile.url)).message
+
+
+def test_a_404_names_served_models_briefly(hostile: HostileServer) -> None:
+    hostile.models = h.listing({"id": "m" * 5000}, {"id": "\x1b[2Jother"})
+    hostile.plan = [h.status(404, "no such model")]
+    message = failure(converse(hostile.url, model="missing")).message
+    assert "it serves mmm" in message and "\x1b" not in message and len(message) < 400
