@@ -148,6 +148,14 @@ def _max_memory(value: Any) -> str:
     return value.strip()
 
 
+class _Masked(ValueError):
+    """A bad value that holds a secret: the error shows ``shown`` instead of the value."""
+
+    def __init__(self, message: str, shown: str) -> None:
+        super().__init__(message)
+        self.shown = shown
+
+
 def check_endpoint(value: str) -> str:
     """An OpenAI-compatible server's URL, checked and with surrounding spaces removed.
 
@@ -168,9 +176,11 @@ def check_endpoint(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"is not a valid URL ({exc})") from None
     if "@" in parts.netloc:
-        raise ValueError(
+        userinfo = parts.netloc.rpartition("@")[0]
+        raise _Masked(
             "must not hold a user name or password; put the key in the variable "
-            "that api_key_env names"
+            "that api_key_env names",
+            repr(url.replace(userinfo + "@", "***@", 1)),
         )
     host = parts.hostname or ""
     if not host:
@@ -316,7 +326,8 @@ def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settin
         try:
             changes[key] = field.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{source}: {key} {exc} (got {raw!r})") from None
+            got = exc.shown if isinstance(exc, _Masked) else repr(raw)
+            raise ConfigError(f"{source}: {key} {exc} (got {got})") from None
     return replace(settings, **changes)
 
 
