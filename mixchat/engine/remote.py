@@ -39,7 +39,7 @@ from mixchat.engine.base import (
 )
 from mixchat.engine.redact import Redactor
 from mixchat.engine.remote_errors import Context, describe, one_line, retryable, unsent
-from mixchat.engine.remote_fields import count, shown
+from mixchat.engine.remote_fields import read_listing
 from mixchat.engine.remote_http import (
     Limits,
     ReplyTooLarge,
@@ -260,30 +260,11 @@ class RemoteEngine:
 
     def _adopt_listing(self, listing: Any) -> Iterator[Notice]:
         """Note the served model ids and our model's context length (vLLM: max_model_len)."""
-        entries = listing.get("data") if isinstance(listing, dict) else None
-        if not isinstance(entries, list):
-            self._served = None
-            return
-        served: list[str] = []
-        for entry in entries:
-            ident = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(ident, str) or not ident:
-                continue
-            served.append(ident)
-            length = entry.get("max_model_len") if ident == self.settings.model else None
-            if length is None:
-                continue
-            number = count(length)
-            if number:
-                self.context_size = number
-            else:
-                yield Notice(
-                    self._say(
-                        f"ignored the server's max_model_len {shown(length)}: not a whole "
-                        "number of tokens"
-                    )
-                )
-        self._served = served
+        self._served, length, notes = read_listing(listing, self.settings.model)
+        if length is not None:
+            self.context_size = length
+        for line in notes:
+            yield Notice(self._say(line))
 
     def info(self) -> ModelInfo:
         """What is being talked to; valid after ``load``."""

@@ -163,3 +163,30 @@ def _read_choice(choice: dict[str, Any], view: ChunkView) -> None:
         notes.append(("content_filter", "the server's content filter ended the reply"))
     elif reason not in _FINISH:
         notes.append(("finish_reason", f"the server ended the reply with {shown(reason)}"))
+
+
+def read_listing(listing: Any, model: str) -> tuple[list[str] | None, int | None, list[str]]:
+    """A ``GET /v1/models`` answer: the served model ids (None if it is not a listing),
+    ``model``'s context length if the server gives a valid one (vLLM: max_model_len),
+    and notices about bad fields."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(entries, list):
+        return None, None, []
+    served: list[str] = []
+    length: int | None = None
+    notes: list[str] = []
+    for entry in entries:
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(ident, str) or not ident:
+            continue
+        served.append(ident)
+        raw = entry.get("max_model_len") if ident == model else None
+        if raw is None:
+            continue
+        length = count(raw) or length  # 0 is no context at all
+        if not count(raw):
+            notes.append(
+                f"ignored the server's max_model_len {shown(raw)}: not a whole number "
+                f"from 1 to {MAX_COUNT}"
+            )
+    return served, length, notes
