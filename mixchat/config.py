@@ -298,7 +298,7 @@ FIELDS: dict[str, Field] = {
         ),
         Field(
             "server_max_reply_bytes",
-            "most bytes read from the server for one reply or model listing",
+            "most bytes read from the server for one reply",
             _integer(1024, high=1 << 40),
         ),
         Field(

@@ -41,6 +41,7 @@ from mixchat.engine.redact import Redactor
 from mixchat.engine.remote_errors import Context, describe, one_line, retryable, unsent
 from mixchat.engine.remote_fields import read_listing
 from mixchat.engine.remote_http import (
+    MAX_LISTING_BYTES,
     Limits,
     ReplyTooLarge,
     StatusFailure,
@@ -232,17 +233,16 @@ class RemoteEngine:
         retries = 0
         while True:
             try:
-                return get_json(self._client, f"{self._base}/models", self._limits())
+                url = f"{self._base}/models"
+                return get_json(self._client, url, self._limits(), MAX_LISTING_BYTES)
             except StatusFailure as exc:
                 if exc.status in (401, 403):
                     raise EngineError(self._say(describe(exc, self._context()))) from None
                 return None  # it answers but cannot list: the chat request will tell more
-            except ReplyTooLarge:
+            except ReplyTooLarge as exc:
+                where = self.endpoint
                 yield Notice(
-                    self._say(
-                        f"ignored {self.endpoint}'s model listing: larger than "
-                        "server_max_reply_bytes"
-                    )
+                    self._say(f"ignored {where}'s model listing: over {exc.limit:,} bytes")
                 )
                 return None
             except ValueError:  # not JSON

@@ -26,6 +26,9 @@ from mixchat.engine.remote_fields import error_message
 from mixchat.engine.remote_sse import SSEDecoder, SSEEvent
 
 MAX_ERROR_BYTES = 64 * 1024  # of an error body or a page that is not a stream
+# A model listing is a few KB (hundreds of models: under 1 MB); parsed JSON takes many
+# times its size in memory, so a bigger one is ignored rather than read.
+MAX_LISTING_BYTES = 4 << 20
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
 
@@ -232,8 +235,8 @@ def stream_events(
         yield StreamEnd(decoder.foreign_line)
 
 
-def get_json(client: Any, url: str, limits: Limits) -> Any:
-    """GET ``url`` and parse its JSON (at most ``max_reply_bytes``, within ``idle_s``).
+def get_json(client: Any, url: str, limits: Limits, max_bytes: int) -> Any:
+    """GET ``url`` and parse its JSON (at most ``max_bytes``, within ``idle_s``).
 
     Raises ``StatusFailure`` for an error status, ``ReplyTooLarge``, ``IdleTimeout``,
     ``ValueError`` for a body that is not JSON, or the HTTP library's errors.
@@ -245,9 +248,9 @@ def get_json(client: Any, url: str, limits: Limits) -> Any:
             raise status_failure(response, deadline)
         if _encoded(response):
             raise ValueError("a compressed body")
-        body, complete = read_body(response, limits.max_reply_bytes, deadline)
+        body, complete = read_body(response, max_bytes, deadline)
         if not complete:
-            raise ReplyTooLarge(limits.max_reply_bytes)
+            raise ReplyTooLarge(max_bytes)
     try:
         return json.loads(body)
     except RecursionError:

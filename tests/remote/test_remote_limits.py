@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from mixchat.engine.base import GenerationParams
 from tests.remote import hostile as h
 from tests.remote.hostile import HostileServer
-from tests.remote.talk import converse, failure, finished, notices, text_of
+from tests.remote.talk import HELLO, converse, engine_for, failure, finished, notices, text_of
 
 ROOT = Path(__file__).resolve().parents[2]
+ASK = (HELLO, None, GenerationParams(max_new_tokens=8), threading.Event())
 FAR_BELOW = 64 << 20  # a stopped reader lets the server write socket buffers, not 512 MB
 
 
@@ -158,3 +161,26 @@ def test_memory_stays_bounded_while_a_server_sends_hundreds_of_mb(
     growth_mib = (figures["after_kib"] - figures["before_kib"]) / 1024
     assert growth_mib < 32, figures
     assert_reader_stopped_early(hostile)
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        h.endless_body(b'{"data": [', b'{"id": "m"}, ' * 4096, content_type="application/json"),
+        h.huge_error(200),
+    ],
+    ids=["endless-listing", "endless-string"],
+)
+def test_a_huge_model_listing_is_ignored_and_the_reply_works(
+    hostile: HostileServer, listing: h.Behaviour
+) -> None:
+    hostile.models = listing
+    engine = engine_for(hostile.url)
+    loaded = list(engine.load())
+    assert notices(loaded) == [  # type: ignore[arg-type]
+        f"ignored {hostile.url}'s model listing: over 4,194,304 bytes"
+    ]
+    assert_reader_stopped_early(hostile)
+    events = list(engine.stream(*ASK))
+    engine.close()
+    assert text_of(events) == "Hello there"
