@@ -184,12 +184,69 @@ def _max_memory(value: Any) -> str:
     return value.strip()
 
 
+class _Masked(ValueError):
+    """A bad value that holds a secret: the error shows ``shown`` instead of the value."""
+
+    def __init__(self, message: str, shown: str) -> None:
+        super().__init__(message)
+        self.shown = shown
+
+
+def check_endpoint(value: str) -> str:
+    """An OpenAI-compatible server's URL, checked and with surrounding spaces removed.
+
+    ``http(s)://host[:port][/path]``: a host, a port in 1-65535 if any, no user name or
+    password (the key goes in the variable named by ``api_key_env``), no query or fragment,
+    no spaces or control characters. Raises ``ValueError`` saying what is wrong.
+    """
+    from urllib.parse import urlsplit
+
+    url = value.strip()
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL (empty: run the model locally)")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        raise _Masked(
+            "must not hold a user name or password; put the key in the variable "
+            "that api_key_env names",
+            repr(url.replace(userinfo + "@", "***@", 1)),
+        )
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError("has no host name")
+    if ":" in host or "[" in parts.netloc:  # an IPv6 literal: urlsplit checks only brackets
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise ValueError(f"has an invalid IPv6 address {host!r}") from None
+    elif any(c in _BAD_HOST_CHARS for c in host):
+        raise ValueError(f"has an invalid host name {host!r}")
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("has an invalid port (1-65535)")
+    if not _NETLOC.match(parts.netloc):  # e.g. "[::1]]:80": urlsplit takes it apart anyway
+        raise ValueError(f"is not a valid URL (host and port {parts.netloc!r})")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("must not have a query (?...) or fragment (#...)")
+    return url
+
+
+_NETLOC = re.compile(r"^(\[[^\[\]]*\]|[^\[\]:]+)(:\d+)?$")
+_BAD_HOST_CHARS = frozenset("<>\"{}|\\^`%[]/?#@,;=!$&'()*+")
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL (empty: run the model locally)")
-    return value
+    return check_endpoint(value) if value.strip() else ""
 
 
 def _env_name(value: Any) -> str:
@@ -293,6 +350,33 @@ class Settings:
     api_key_env: str = _option(
         "MIXCHAT_API_KEY", "environment variable holding the server's API key", _env_name, L
     )
+    # Limits on an OpenAI-compatible server (--endpoint): each error names the setting to raise.
+    server_idle_timeout_s: float = _option(
+        300.0, "seconds the server may send no data (before its first event or between two)",
+        _number(0.001, 86400.0), L, metavar="FLOAT",
+    )  # fmt: skip
+    server_reply_timeout_s: float = _option(
+        1800.0, "seconds one reply from the server may take, retries included",
+        _number(0.001, 604800.0), L, metavar="FLOAT",
+    )  # fmt: skip
+    server_max_event_bytes: int = _option(
+        1 << 20, "largest stream event (one Server-Sent Event, or one line of it) from the server",
+        _integer(1024, high=1 << 30), L, metavar="INTEGER",
+    )  # fmt: skip
+    server_max_reply_bytes: int = _option(
+        64 << 20, "most bytes read from the server for one reply",
+        _integer(1024, high=1 << 40), L, metavar="INTEGER",
+    )  # fmt: skip
+    server_retries: int = _option(
+        3, "retries of a request that fails before the first token (refused connection, "
+        "408, 429, 502, 503, 504, a dropped stream); 0 turns them off",
+        _integer(0, high=100), L, metavar="INTEGER",
+    )  # fmt: skip
+    server_retry_max_wait_s: float = _option(
+        30.0,
+        "longest wait before a retry; a server asking (Retry-After) for longer is not retried",
+        _number(0.0, 3600.0), L, metavar="FLOAT",
+    )  # fmt: skip
 
 
 def _options() -> dict[str, Option]:
@@ -341,9 +425,10 @@ def _apply(
         try:
             changes[key] = option.parse(raw)
         except ValueError as exc:
+            got = exc.shown if isinstance(exc, _Masked) else repr(raw)
             if sources is not None and key in sources:
-                raise ConfigError(f"{where} {exc} (got {raw!r})") from None
-            raise ConfigError(f"{where}: {key} {exc} (got {raw!r})") from None
+                raise ConfigError(f"{where} {exc} (got {got})") from None
+            raise ConfigError(f"{where}: {key} {exc} (got {got})") from None
     return replace(settings, **changes)
 
 

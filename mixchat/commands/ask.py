@@ -169,11 +169,7 @@ def run_ask(request: AskRequest) -> int:
             # The model cannot load (wrong path, say): take back the unanswerable
             # question rather than leave a stray conversation for every typo.
             progress.clear()
-            if store is not None and conversation_id is not None:
-                if created:
-                    store.delete(conversation_id)
-                elif user_message.id is not None:
-                    store.truncate_from(user_message.id)
+            _take_back(store, conversation_id, created, user_message)
             raise
         progress.clear()
         info = engine.info()
@@ -205,6 +201,10 @@ def run_ask(request: AskRequest) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
         out.end_line()
+        if any(isinstance(e, Failed) and e.unsent for e in outcome.events):
+            # Nothing reached the model (a server that cannot be reached, a question too
+            # long for its context): no question was asked, so none is kept.
+            _take_back(store, conversation_id, created, user_message)
         if outcome.error is not None:
             # A prompt that cannot be built (too long for the context) is bad input.
             bad_input = any(isinstance(e, Failed) and e.kind == "prompt" for e in outcome.events)
@@ -228,6 +228,16 @@ def run_ask(request: AskRequest) -> int:
         engine.close()
         if store is not None:
             store.close()
+
+
+def _take_back(store: Any, conversation_id: str | None, created: bool, question: Message) -> None:
+    """Remove a question that was never put to the model (and its error reply)."""
+    if store is None or conversation_id is None:
+        return
+    if created:
+        store.delete(conversation_id)
+    elif question.id is not None:
+        store.truncate_from(question.id)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -215,6 +215,7 @@ def show_config(as_json: bool) -> None:
         return
     lines = [f"{k:<12} {v}" for k, v in where.items()]
     lines.append("")
+    width = max(map(len, FIELDS))
     for name, field in FIELDS.items():
-        lines.append(f"{name:<19} = {getattr(settings, name)!r:<40} # {field.doc}")
+        lines.append(f"{name:<{width}} = {getattr(settings, name)!r:<40} # {field.doc}")
     _out("\n".join(lines))

@@ -110,6 +110,7 @@ class Failed:
 
     message: str
     kind: str = "error"
+    unsent: bool = False  # it failed before the request reached the model: nothing was asked
 
 
 Event = LoadProgress | Notice | ContextTrimmed | TextDelta | Usage | Finished | Failed

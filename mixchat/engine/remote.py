@@ -1,56 +1,63 @@
 """The remote engine: stream Chat Completions from an OpenAI-compatible server.
 
 vLLM, TGI, llama.cpp's server and ``transformers serve`` all speak the same
-``/v1/chat/completions`` streaming API; the ``openai`` client parses it (SSE
-framing, ``[DONE]``, error events, status codes), so no protocol code lives here.
+``/v1/chat/completions`` streaming API. A server is untrusted input, so mixchat reads
+the raw HTTP stream itself rather than through a client library that buffers whole
+lines and bodies: ``remote_http`` bounds every byte read, ``remote_sse`` decodes
+events under a size cap, ``remote_fields`` checks every field used, ``remote_reply``
+enforces the timeouts and ``--max-tokens``, and ``redact`` keeps the API key out of
+everything shown or saved. Transient failures before the first token are retried
+(``server_retries``); after it, never, since the text is already shown.
 
-The HTTP request runs on a reader thread that hands chunks to the caller through a
-queue, so a cancel is seen within ``_POLL_S`` even while the server is silent
-(loading a model, prefilling a long prompt). The reader closes the response as soon
-as it sees the cancel, which tells the server to stop generating. Every failure
-becomes a ``Failed`` event with a one-line message; text already yielded stays.
-
-``openai`` is imported on first use, not at import time, like torch in the local
-engine. The API key is read from an environment variable named by the caller and is
-never stored, logged or put in a message.
+Every failure becomes a ``Failed`` event with a one-line message; text already yielded
+stays. The HTTP library is imported on first use, not at import time, like torch in
+the local engine. The API key is read from an environment variable named by the caller
+and is never stored, logged or put in a message.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from mixchat.config import Settings
+from mixchat.config import Settings, check_endpoint
 from mixchat.conversation import Message, Role
 from mixchat.engine.base import (
     ContextTrimmed,
     EngineError,
     Event,
     Failed,
-    Finished,
     GenerationParams,
     LoadProgress,
     ModelInfo,
     Notice,
-    TextDelta,
-    Usage,
 )
+from mixchat.engine.redact import Redactor
+from mixchat.engine.remote_errors import Context, describe, one_line, retryable, unsent
+from mixchat.engine.remote_fields import read_listing
+from mixchat.engine.remote_http import (
+    MAX_LISTING_BYTES,
+    Limits,
+    ReplyTooLarge,
+    StatusFailure,
+    get_json,
+    http_module,
+    stream_events,
+)
+from mixchat.engine.remote_reply import ReplyReader, ReplyState
 from mixchat.prompt import PromptError, prompt_messages
 from mixchat.textsafe import scrub_surrogates
 
 DEFAULT_CONTEXT_SIZE = 32768
 DEFAULT_API_KEY_ENV = "MIXCHAT_API_KEY"
-_POLL_S = 0.05  # how often a waiting stream looks at its cancel event
 _JOIN = "\n\n"  # as mixchat.prompt joins same-role runs and the system prompt
-_END = object()  # the reader thread's "stream ended" marker
+_BACKOFF_S = 0.5  # the first retry's wait; it doubles with each retry
+_MODEL_ID_SHOWN = 60  # characters of a served model's id in a notice
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,12 @@ def _mistral_v1_model() -> str:
 def base_url(endpoint: str) -> str:
     """The client's base URL: ``http://host:8000`` and ``http://host:8000/`` mean ``.../v1``;
     any other path is used as given (for servers mounted under a prefix)."""
-    url = endpoint.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise EngineError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
-    return url if parts.path else url + "/v1"
+    try:
+        url = check_endpoint(endpoint).rstrip("/")
+    except ValueError as exc:
+        raise EngineError(f"--endpoint {one_line(endpoint, 80)!r} {exc}") from None
+    path = url.split("://", 1)[1].partition("/")[2]
+    return url if path else url + "/v1"
 
 
 def chat_messages(messages: Sequence[Message], system_prompt: str | None) -> list[dict[str, str]]:
@@ -107,12 +115,6 @@ def chat_messages(messages: Sequence[Message], system_prompt: str | None) -> lis
     return turns
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    """Collapse whitespace (server messages may hold tracebacks) and cap the length."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 class RemoteEngine:
     """An OpenAI-compatible Chat Completions server behind the ``Engine`` protocol."""
 
@@ -121,75 +123,98 @@ class RemoteEngine:
         settings: Settings,
         endpoint: str,
         *,
-        api_key_env: str = DEFAULT_API_KEY_ENV,
+        api_key_env: str | None = None,
         context_size: int = DEFAULT_CONTEXT_SIZE,
         connect_timeout_s: float = 10.0,
-        read_timeout_s: float = 300.0,
     ) -> None:
-        """``endpoint`` is the server's URL; the key, if any, is read from ``$api_key_env``.
+        """``endpoint`` is the server's URL; the key, if any, is read from ``$api_key_env``
+        (default: the variable that ``settings.api_key_env`` names).
 
-        ``read_timeout_s`` bounds the silence between two chunks (a cold server may
-        load the model before its first byte, so it is generous by default).
+        Timeouts, size caps and retries come from ``settings`` (``server_*``).
         """
         self.settings = settings
         self.endpoint = endpoint
-        self.api_key_env = api_key_env
+        self.api_key_env = api_key_env or settings.api_key_env
         self.context_size = context_size
         self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
         self._client: Any = None
+        self._base = ""
         self._info: ModelInfo | None = None
         self._served: list[str] | None = None  # model ids from /v1/models, if it answered
         self._counter: Any = None  # SentencePiece token counter for context fitting
+        self._redactor = Redactor([])
+        # How a retry waits; True means cancelled. Tests swap it to see the waits.
+        self.wait: Callable[[float, threading.Event], bool] = lambda s, cancel: cancel.wait(s)
 
-    # -- loading ----------------------------------------------------------
+    # -- shared -----------------------------------------------------------
+
+    def _context(self) -> Context:
+        return Context(
+            self.endpoint, self.settings, self.api_key_env, self.connect_timeout_s, self._served
+        )
+
+    def _limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            self.connect_timeout_s,
+            s.server_idle_timeout_s,
+            s.server_max_event_bytes,
+            s.server_max_reply_bytes,
+        )
+
+    def _say(self, text: str) -> str:
+        """A line for the user: one line, control characters shown, secrets redacted."""
+        return self._redactor.line(one_line(text))
+
+    def _api_key(self) -> str | None:
+        key = (os.environ.get(self.api_key_env) or "").strip()
+        if key and not all(" " < c < "\x7f" for c in key):
+            # The HTTP library would refuse it with the value in its message.
+            raise EngineError(
+                f"${self.api_key_env} holds characters an HTTP header cannot carry "
+                "(spaces, control or non-ASCII characters); check its value"
+            )
+        return key or None
 
     def _make_client(self) -> Any:
-        import openai
+        try:
+            http = http_module()
+        except ImportError:
+            raise EngineError("--endpoint needs the httpx2 package: pip install httpx2") from None
+        self._base = base_url(self.endpoint)
+        key = self._api_key()
+        self._redactor = Redactor([key])
+        headers = {
+            # "EMPTY" is what servers started without a key expect (and ignore).
+            "Authorization": f"Bearer {key or 'EMPTY'}",
+            "Accept-Encoding": "identity",  # a compressed body could not be bounded
+            "User-Agent": "mixchat",
+        }
+        return http.Client(headers=headers, follow_redirects=False)
 
-        url = base_url(self.endpoint)
-        # "EMPTY" is what servers started without a key expect (and ignore).
-        key = os.environ.get(self.api_key_env) or "EMPTY"
-        timeout = openai.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
-        # No automatic retries: a 429 or a refused connection is reported at once, and a
-        # retried stream could repeat text that was already shown.
-        return openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
+    # -- loading ----------------------------------------------------------
 
     def load(self) -> Iterator[LoadProgress | Notice]:
         """Check that the server answers (``GET /v1/models``); raises ``EngineError``."""
         if self._info is not None:
             return
-        try:
-            import openai
-        except ImportError:
-            raise EngineError("--endpoint needs the openai package: pip install openai") from None
-
         yield LoadProgress("connect", 0, 1, self.endpoint)
-        client = self._client or self._make_client()
+        if self._client is None:
+            self._client = self._make_client()
         try:
-            page = client.models.list()
-            listed = list(getattr(page, "data", None) or [])
-            self._served = [str(m.id) for m in listed]
-            self._adopt_context_length(listed)
-        except (
-            openai.AuthenticationError,
-            openai.PermissionDeniedError,
-            openai.APIConnectionError,
-        ) as exc:
-            client.close()
-            raise EngineError(self.describe(exc)) from None
-        except openai.APIStatusError:
-            # It answered but cannot list models (no /v1/models, or a broken listing):
-            # the server is up, and the chat request will say whether the model is there.
-            self._served = None
-        except (openai.APIError, ValueError):  # an unparseable listing
-            self._served = None
-        self._client = client
+            listing = yield from self._list_models()
+        except EngineError:
+            self.close()
+            raise
+        yield from self._adopt_listing(listing)
         yield LoadProgress("connect", 1, 1, self.endpoint)
         if self._served and self.settings.model not in self._served:
+            names = ", ".join(one_line(m, _MODEL_ID_SHOWN) for m in self._served[:5])
             yield Notice(
-                f"{self.endpoint} lists {', '.join(self._served[:5])}, not "
-                f"{self.settings.model}; pass the served name with --model"
+                self._say(
+                    f"{self.endpoint} lists {names}, not {self.settings.model}; "
+                    "pass the served name with --model"
+                )
             )
         self._info = ModelInfo(
             model_id=self.settings.model,
@@ -201,15 +226,45 @@ class RemoteEngine:
             context_size=self.context_size,
         )
 
-    def _adopt_context_length(self, listed: list[Any]) -> None:
-        """Use the context length the server reports for our model (vLLM: max_model_len)."""
-        for entry in listed:
-            if str(getattr(entry, "id", "")) != self.settings.model:
-                continue
-            extra = getattr(entry, "model_extra", None) or {}
-            length = extra.get("max_model_len") or getattr(entry, "max_model_len", None)
-            if isinstance(length, int) and length > 0:
-                self.context_size = length
+    def _list_models(self) -> Generator[Notice, None, Any]:
+        """The parsed model listing, None when the server cannot give one; raises
+        ``EngineError`` when the server is unreachable or refuses the key."""
+        http = http_module()
+        retries = 0
+        while True:
+            try:
+                url = f"{self._base}/models"
+                return get_json(self._client, url, self._limits(), MAX_LISTING_BYTES)
+            except StatusFailure as exc:
+                if exc.status in (401, 403):
+                    raise EngineError(self._say(describe(exc, self._context()))) from None
+                return None  # it answers but cannot list: the chat request will tell more
+            except ReplyTooLarge as exc:
+                where = self.endpoint
+                yield Notice(
+                    self._say(f"ignored {where}'s model listing: over {exc.limit:,} bytes")
+                )
+                return None
+            except ValueError:  # not JSON
+                return None
+            except Exception as exc:
+                message = describe(exc, self._context())
+                if isinstance(exc, http.ConnectError) and retries < self.settings.server_retries:
+                    delay = min(_BACKOFF_S * 2**retries, self.settings.server_retry_max_wait_s)
+                    retries += 1
+                    yield Notice(self._say(f"{message}; {_retrying(delay, retries, self)}"))
+                    self.wait(delay, threading.Event())
+                    continue
+                gave_up = f" (gave up after {retries} retries)" if retries else ""
+                raise EngineError(self._say(message + gave_up)) from None
+
+    def _adopt_listing(self, listing: Any) -> Iterator[Notice]:
+        """Note the served model ids and our model's context length (vLLM: max_model_len)."""
+        self._served, length, notes = read_listing(listing, self.settings.model)
+        if length is not None:
+            self.context_size = length
+        for line in notes:
+            yield Notice(self._say(line))
 
     def info(self) -> ModelInfo:
         """What is being talked to; valid after ``load``."""
@@ -247,7 +302,7 @@ class RemoteEngine:
     def request(
         self, messages: Sequence[Message], system_prompt: str | None, params: GenerationParams
     ) -> dict[str, Any]:
-        """The keyword arguments of ``chat.completions.create`` for one reply."""
+        """The JSON body of ``POST /chat/completions`` for one reply."""
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": chat_messages(messages, system_prompt),
@@ -262,13 +317,10 @@ class RemoteEngine:
             body["seed"] = params.seed
         # Not in the OpenAI schema; vLLM, TGI and llama.cpp take them. Sent only when
         # set, since strict servers (transformers serve) refuse unknown fields.
-        extra: dict[str, Any] = {}
         if params.top_k > 0:
-            extra["top_k"] = params.top_k
+            body["top_k"] = params.top_k
         if params.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = params.repetition_penalty
-        if extra:
-            body["extra_body"] = extra
+            body["repetition_penalty"] = params.repetition_penalty
         return body
 
     def stream(
@@ -284,122 +336,64 @@ class RemoteEngine:
             try:
                 yield from self.load()
             except EngineError as exc:
-                yield Failed(str(exc), kind="engine")
+                yield Failed(str(exc), kind="engine", unsent=True)
                 return
         try:
             kept = self.fit(messages, system_prompt, params.max_new_tokens)
             body = self.request(kept.messages, system_prompt, params)
         except PromptError as exc:
-            yield Failed(str(exc), kind="prompt")
+            yield Failed(str(exc), kind="prompt", unsent=True)
             return
         if kept.dropped:
             yield ContextTrimmed(kept.dropped, kept.prompt_tokens, self.context_size)
-        if cancel.is_set():
-            yield Finished("cancelled")
-            return
+        state = ReplyState(params.max_new_tokens, started, self._redactor.stream())
+        deadline = time.monotonic() + self.settings.server_reply_timeout_s
+        reader = ReplyReader(self._context(), self._say, state, cancel, deadline)
+        client, url, limits = self._client, f"{self._base}/chat/completions", self._limits()
+        retries = 0
+        while True:
+            if cancel.is_set():
+                yield from reader.cancelled()
+                return
+            failure = yield from reader.attempt(
+                lambda stop: stream_events(client, url, body, limits, stop)
+            )
+            if failure is None:
+                return
+            message = describe(failure, self._context())
+            delay, why_not = self._retry_plan(failure, retries, deadline)
+            if delay is None:
+                kind = type(failure).__name__
+                yield from reader.fail(message + why_not, kind=kind, unsent=unsent(failure))
+                return
+            retries += 1
+            yield Notice(self._say(f"{message}; {_retrying(delay, retries, self)}"))
+            if self.wait(delay, cancel):
+                yield from reader.cancelled()
+                return
 
-        items: queue.Queue[Any] = queue.Queue()
-        stop = threading.Event()
-        reader = threading.Thread(
-            target=_read,
-            args=(self._client, body, items, stop),
-            name="mixchat-remote",
-            daemon=True,
-        )
-        reader.start()
-        chunks = 0
-        ttft: float | None = None
-        server_usage: Any = None
-        finish: str | None = None
-        received = False  # any chunk arrived: a broken connection now breaks a reply
-        try:
-            while True:
-                if cancel.is_set():
-                    yield self._usage(server_usage, chunks, ttft, started)
-                    yield Finished("cancelled")
-                    return
-                try:
-                    item = items.get(timeout=_POLL_S)
-                except queue.Empty:
-                    continue
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    message = self.describe(item, mid_reply=received)
-                    yield Failed(message, kind=type(item).__name__)
-                    return
-                received = True
-                # Chunks are built without validation: read fields defensively so a
-                # malformed chunk is skipped rather than crashing the stream.
-                server_usage = getattr(item, "usage", None) or server_usage
-                for choice in (getattr(item, "choices", None) or [])[:1]:
-                    text = getattr(getattr(choice, "delta", None), "content", None)
-                    if isinstance(text, str) and text:
-                        if ttft is None:
-                            ttft = time.perf_counter() - started
-                        chunks += 1
-                        yield TextDelta(text)
-                    finish = getattr(choice, "finish_reason", None) or finish
-        finally:
-            stop.set()  # also when the caller abandons the generator (Ctrl-C)
-        if finish is None:
-            yield Failed(f"{self.endpoint} ended the stream before the reply finished")
-            return
-        yield self._usage(server_usage, chunks, ttft, started)
-        yield Finished("length" if finish == "length" else "stop")
-
-    def _usage(self, raw: Any, chunks: int, ttft: float | None, started: float) -> Usage:
-        """The server's token counts when it sent them (include_usage), else chunk counts."""
-        duration = time.perf_counter() - started
-        prompt = int(getattr(raw, "prompt_tokens", 0) or 0)
-        completion = int(getattr(raw, "completion_tokens", 0) or 0) if raw else chunks
-        details = getattr(raw, "prompt_tokens_details", None)
-        cached = int(getattr(details, "cached_tokens", 0) or 0)
-        decode_s = duration - (ttft or 0.0)
-        rate = (completion - 1) / decode_s if completion > 1 and decode_s > 0 else None
-        return Usage(prompt, completion, ttft, duration, rate, cached_tokens=cached)
-
-    # -- errors -----------------------------------------------------------
+    def _retry_plan(
+        self, failure: BaseException, retries: int, deadline: float
+    ) -> tuple[float | None, str]:
+        """How long to wait before the next try, or None and why not."""
+        cap = self.settings.server_retry_max_wait_s
+        gave_up = f" (gave up after {retries} retries)" if retries else ""
+        if not retryable(failure) or retries >= self.settings.server_retries:
+            return None, gave_up
+        asked = failure.retry_after if isinstance(failure, StatusFailure) else None
+        if asked is not None and asked > cap:
+            return None, (
+                f"; it asks to wait {asked:g}s, more than server_retry_max_wait_s "
+                f"({cap:g}s){gave_up}"
+            )
+        delay = asked if asked is not None else min(_BACKOFF_S * 2**retries, cap)
+        if time.monotonic() + delay >= deadline:
+            return None, f"; no time is left to retry within server_reply_timeout_s{gave_up}"
+        return delay, ""
 
     def describe(self, exc: BaseException, *, mid_reply: bool = False) -> str:
-        """One line for the user about a failed request; never includes the API key.
-
-        ``mid_reply``: the stream had started, so a transport error broke the reply
-        (openai 3.x wraps those in ``APIConnectionError``, 1.x passes them raw).
-        """
-        import openai
-
-        timeout_error, http_error = _transport_errors()
-        where = self.endpoint
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            detail = _server_message(exc)
-            if status == 401:
-                return f"{where} refused the API key (401); put the key in ${self.api_key_env}"
-            if status == 403:
-                return f"{where} denied access (403): {detail}"
-            if status == 404:
-                served = f"; it serves {', '.join(self._served[:5])}" if self._served else ""
-                return f"model {self.settings.model!r} not found at {where} (404){served}"
-            if status == 429:
-                return f"{where} is busy (429 too many requests); try again shortly"
-            if status >= 500:
-                return f"server error {status} from {where}: {detail}"
-            return f"{where} rejected the request ({status}): {detail}"
-        if isinstance(exc, (openai.APITimeoutError, timeout_error)):
-            return f"{where} sent nothing for {self.read_timeout_s:g}s (timed out)"
-        if isinstance(exc, openai.APIConnectionError | http_error):
-            cause = exc.__cause__ or exc
-            reason = _one_line(str(cause)) or type(cause).__name__
-            if mid_reply:
-                return f"the connection to {where} broke mid-reply: {reason}"
-            return f"cannot reach {where}: {reason}"
-        if isinstance(exc, openai.APIError):  # an error event inside the stream
-            body = exc.body if isinstance(exc.body, str) else exc.message
-            return f"{where} reported an error mid-reply: {_one_line(body)}"
-        if isinstance(exc, json.JSONDecodeError):
-            return f"{where} sent a malformed event: {_one_line(exc.doc, 80)}"
-        return _one_line(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        """One line for the user about a failed request; never includes the API key."""
+        return self._say(describe(exc, self._context(), mid_reply=mid_reply))
 
     def close(self) -> None:
         """Close the HTTP client (its connection pool); the engine can load again."""
@@ -409,48 +403,5 @@ class RemoteEngine:
         self._info = None
 
 
-def _read(
-    client: Any, body: dict[str, Any], items: queue.Queue[Any], stop: threading.Event
-) -> None:
-    """Reader thread: send the request, pass chunks on, close the response on ``stop``.
-
-    Exceptions travel to the caller through ``items``; after ``stop`` nobody listens.
-    """
-    try:
-        with client.chat.completions.create(**body) as chunks:
-            for chunk in chunks:
-                if stop.is_set():
-                    return  # leaving the with-block closes the response: the server stops
-                items.put(chunk)
-        items.put(_END)
-    except Exception as exc:
-        items.put(exc)
-
-
-def _transport_errors() -> tuple[type[BaseException], type[BaseException]]:
-    """(TimeoutException, HTTPError) of the HTTP library under ``openai``: errors while
-    reading a stream reach us unwrapped. openai 3.x uses ``httpx2``, 1.x ``httpx``."""
-    import importlib
-
-    try:
-        module = importlib.import_module("httpx2")
-    except ImportError:
-        module = importlib.import_module("httpx")
-    return module.TimeoutException, module.HTTPError
-
-
-def _server_message(exc: Any) -> str:
-    """The server's own words from an error response: OpenAI ``{"error": {"message"}}``
-    (the client unwraps ``error``), FastAPI ``{"detail"}``, or the plain-text body."""
-    body = exc.body
-    if isinstance(body, dict):
-        for key in ("message", "detail", "error"):
-            if body.get(key):
-                return _one_line(str(body[key]))
-    if isinstance(body, str) and body:
-        return _one_line(body)
-    try:
-        text = exc.response.text
-    except Exception:  # a streamed body that cannot be read again
-        text = ""
-    return _one_line(text) or "no details"
+def _retrying(delay: float, retry: int, engine: RemoteEngine) -> str:
+    return f"retrying in {delay:g}s (retry {retry} of {engine.settings.server_retries})"

@@ -4,6 +4,9 @@
 (started once per session, stopped at the end). ``stub``: a small in-process
 OpenAI-compatible server for the failures a real server will not produce on demand
 (401, 404 in vLLM's format, 429, errors and drops mid-stream, malformed events, silence).
+``hostile``: a scripted server for attacks and breakage (huge lines and bodies, endless
+and dripping streams, malformed fields, echoed keys, resets, retries), bounded in bytes
+and time; see ``hostile.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 
 from mixchat.config import Settings
 from mixchat.engine.remote import RemoteEngine
+from tests.remote.hostile import HostileServer, running
 
 READY_TIMEOUT_S = 120.0
 
@@ -219,3 +223,10 @@ def stub() -> Iterator[StubServer]:
         server.release.set()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    """A hostile OpenAI-compatible server (tests/remote/hostile.py), stopped after the test."""
+    with running() as server:
+        yield server

@@ -33,7 +33,8 @@ def test_ask_streams_from_the_server_and_saves(served: Served) -> None:
 
 def test_ask_with_no_server_fails_in_one_line_and_keeps_nothing() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = run("ask", "--endpoint", url, "--model", "m", "Hello")
+    no_retries = {"MIXCHAT_SERVER_RETRIES": "0"}
+    result = run("ask", "--endpoint", url, "--model", "m", "Hello", env=no_retries)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and f"cannot reach {url}" in result.stderr
     assert json.loads(run("list", "--json").stdout) == []

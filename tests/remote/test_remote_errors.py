@@ -26,8 +26,8 @@ HELLO = [Message(Role.USER, "hi")]
 PARAMS = GenerationParams(temperature=0.0, top_k=5, max_new_tokens=16, seed=4)
 
 
-def ask(stub: StubServer, model: str, **kwargs: object) -> list[Event]:
-    engine = RemoteEngine(Settings(model=model), stub.url, **kwargs)  # type: ignore[arg-type]
+def ask(stub: StubServer, model: str, **settings: object) -> list[Event]:
+    engine = RemoteEngine(Settings(model=model, **settings), stub.url)  # type: ignore[arg-type]
     try:
         return list(engine.stream(HELLO, "SYS", PARAMS, threading.Event()))
     finally:
@@ -85,8 +85,8 @@ def test_unknown_model_names_what_is_served(stub: StubServer) -> None:
     )
 
 
-def test_rate_limit_is_one_line_and_not_retried(stub: StubServer) -> None:
-    message = only_failure(ask(stub, "busy"))
+def test_rate_limit_is_one_line_when_retries_are_off(stub: StubServer) -> None:
+    message = only_failure(ask(stub, "busy", server_retries=0))
     assert message == f"{stub.url} is busy (429 too many requests); try again shortly"
     assert len(stub.requests) == 1
 
@@ -108,9 +108,11 @@ def test_mid_stream_failures_keep_the_partial_text(
 
 
 def test_silence_times_out(stub: StubServer) -> None:
-    events = ask(stub, "stream-silent", read_timeout_s=0.5)
+    events = ask(stub, "stream-silent", server_idle_timeout_s=0.5)
     assert text_of(events) == "Hello there"
-    assert only_failure(events) == f"{stub.url} sent nothing for 0.5s (timed out)"
+    assert only_failure(events) == (
+        f"{stub.url} sent no data for 0.5s (raise server_idle_timeout_s to wait longer)"
+    )
 
 
 def test_cancel_while_the_server_is_silent_returns_at_once(stub: StubServer) -> None:

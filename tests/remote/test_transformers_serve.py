@@ -117,4 +117,4 @@ def test_connection_refused_is_one_line() -> None:
     assert message.startswith(f"cannot reach {url}") and "refused" in message.lower()
     assert "\n" not in message
     events = list(engine.stream(HELLO, None, GenerationParams(), threading.Event()))
-    assert events[-1] == Failed(message, kind="engine")
+    assert events[-1] == Failed(message, kind="engine", unsent=True)  # nothing was asked
