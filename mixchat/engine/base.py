@@ -1,10 +1,14 @@
 """The engine protocol: how the UI and the CLI talk to the thread that owns a model.
 
-``Engine.stream(messages, params, cancel)`` yields events: ``LoadProgress`` while
-weights load, ``ContextTrimmed`` when old turns had to be dropped, ``TextDelta``
+``Engine.stream(messages, system_prompt, params, cancel)`` yields events: ``LoadProgress``
+while weights load, ``ContextTrimmed`` when old turns had to be dropped, ``TextDelta``
 for each piece of text, then ``Usage`` and ``Finished`` (or ``Failed``). A
 cancel is a ``threading.Event``; setting it stops generation within one token
 and leaves the engine ready for the next request.
+
+When the last message that reaches the prompt is an assistant message (see
+``prompt.prompt_messages``), the engine continues that reply: the prompt ends with its text
+and no end-of-turn marker, and the ``TextDelta`` events carry only the continuation.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from typing import Literal, Protocol
 
 from mixchat.conversation import Message
 
+# Temperatures below this (0 included) mean greedy decoding: sampling at a tinier one picks
+# the most likely token anyway, and dividing logits by it overflows to inf/nan.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings for one reply. ``temperature == 0`` means greedy."""
+    """Sampling settings for one reply. ``temperature`` below ``GREEDY_BELOW`` means greedy."""
 
     temperature: float = 0.7
     top_p: float = 0.95
@@ -130,7 +138,12 @@ class Engine(Protocol):
         params: GenerationParams,
         cancel: threading.Event,
     ) -> Iterator[Event]:
-        """Generate a reply to ``messages`` (ending with the user's), yielding events."""
+        """Generate a reply to ``messages``, yielding events.
+
+        ``messages`` end with the user's message (a new reply) or with an assistant
+        message whose reply is continued: the ``TextDelta`` events are then the rest of
+        it only. An engine that cannot continue replies yields one ``Failed`` saying so.
+        """
         ...
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ from mixchat.engine.base import (
 )
 from mixchat.engine.kvcache import PrefixCache
 from mixchat.engine.tokenizer import ChatTokenizer
-from mixchat.prompt import PromptError
+from mixchat.prompt import PromptError, continues_reply
 
 _DONE = object()
 
@@ -236,6 +236,7 @@ class TransformersEngine:
                 started,
                 lambda text: emit(TextDelta(text)),
                 self._kv if self.reuse_cache else None,
+                continuing=continues_reply(messages),
             )
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()

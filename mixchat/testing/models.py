@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 # The chat template published with Mixtral-8x7B-Instruct-v0.1.
 MIXTRAL_CHAT_TEMPLATE = (
@@ -137,9 +138,10 @@ def build_smollm2(out_dir: Path, gguf_file: Path) -> Path:
     unpacked = AutoModelForCausalLM.from_pretrained(
         where, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
-    config = unpacked.config
+    config: Any = unpacked.config
     config.quantization_config = None
-    plain = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    plain: Any = LlamaForCausalLM(config)
+    plain = plain.to(torch.bfloat16).eval()
     plain.load_state_dict({k: v.to(torch.bfloat16) for k, v in unpacked.state_dict().items()})
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
