@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from mixchat.commands.errors import handle_errors
+from mixchat.numbers import parse_float, parse_int
 
 app = typer.Typer(
     name="mixchat",
@@ -23,22 +24,47 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _ascii(parse: Any, minimum: int | None = None) -> Any:
+    """A typer parser: numbers in ASCII digits only (click's own would take ``٣`` as 3)."""
+
+    def parser(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text  # a default value, already a number
+        try:
+            value = parse(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if minimum is not None and value < minimum:
+            raise typer.BadParameter(f"{value} is below the minimum of {minimum}")
+        return value
+
+    return parser
+
+
+FLOAT = {"parser": _ascii(parse_float), "metavar": "FLOAT"}
+INTEGER = {"parser": _ascii(parse_int), "metavar": "INTEGER"}
+
 # Model and generation flags, shared by `ask` and the interactive app.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local directory.")]
 SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
-TempOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 = greedy.")]
-TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")]
-TopKOpt = Annotated[int | None, typer.Option("--top-k", help="0 = off.")]
-RepOpt = Annotated[float | None, typer.Option("--repetition-penalty", help="1.0 = off.")]
-MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", help="Longest reply in tokens.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible sampling.")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 = greedy.", **FLOAT)]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.", **FLOAT)]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="0 = off.", **INTEGER)]
+RepOpt = Annotated[float | None, typer.Option("--repetition-penalty", help="1.0 = off.", **FLOAT)]
+MaxTokOpt = Annotated[
+    int | None, typer.Option("--max-tokens", help="Longest reply in tokens.", **INTEGER)
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Seed for reproducible sampling.", **INTEGER)
+]
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32.")
 ]
 Q4Opt = Annotated[bool, typer.Option("--4bit", help="NF4 4-bit weights (bitsandbytes).")]
 Q8Opt = Annotated[bool, typer.Option("--8bit", help="8-bit weights (bitsandbytes).")]
 FlashOpt = Annotated[bool, typer.Option("--flash-attn", help="Use flash-attention 2 if possible.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device-map", help="auto | cpu | cuda:N.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device-map", help="auto | cpu | cuda | cuda:N.")]
 MaxMemOpt = Annotated[
     str | None,
     typer.Option("--max-memory", help="Per-device limits for auto placement: 0=70GiB,1=70GiB."),
@@ -195,7 +221,9 @@ def ask(
 @handle_errors
 def list_(
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N.", min=1)] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="Show at most N.", parser=_ascii(parse_int, 1))
+    ] = 50,
 ) -> None:
     """List saved conversations, newest first."""
     from mixchat.commands.history import list_conversations
@@ -220,7 +248,7 @@ def show(
 def search(
     query: Annotated[str, typer.Argument(help="Words to find.")],
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", parser=_ascii(parse_int, 1))] = 50,
 ) -> None:
     """Full-text search over all saved messages."""
     from mixchat.commands.history import search_messages

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mixchat import paths
+from mixchat.engine.base import GREEDY_BELOW
+from mixchat.numbers import parse_float, parse_int
 
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ENV_PREFIX = "MIXCHAT_"
@@ -80,14 +82,32 @@ def _optional_text(value: Any) -> str | None:
     return value
 
 
+def _as_number(value: Any) -> float:
+    """A TOML number as is; text (environment, flags, the app) in ASCII digits only."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_float(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a number written with the digits 0-9, like 0.7")
+
+
+def _as_integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_int(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a whole number written with the digits 0-9, like 512")
+
+
 def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
+        number = _as_number(value)
         if number != number or number < low or (high is not None and number > high):
             bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
             raise ValueError(f"must be {bound}")
@@ -102,12 +122,7 @@ def _integer(
     def parse(value: Any) -> int | None:
         if optional and (value is None or value == "" or value == "none"):
             return None
-        if isinstance(value, (bool, float)):
-            raise ValueError("must be a whole number")
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a whole number") from None
+        number = _as_integer(value)
         if number < low:
             raise ValueError(f"must be >= {low}")
         if high is not None and number > high:
@@ -139,6 +154,22 @@ def _max_memory(value: Any) -> str:
     if value.strip():
         parse_max_memory(value)
     return value.strip()
+
+
+def _temperature(value: Any) -> float:
+    # Below GREEDY_BELOW sampling is greedy in effect, and dividing logits by a subnormal
+    # temperature overflows to inf/nan: store such a temperature as 0 (greedy).
+    number = _number(0.0, 100.0)(value)
+    return 0.0 if number < GREEDY_BELOW else number
+
+
+_DEVICE_MAP = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
+
+
+def _device_map(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE_MAP.fullmatch(value):
+        raise ValueError("must be auto, cpu, cuda or cuda:N (N a GPU number such as 0)")
+    return value
 
 
 def _endpoint(value: Any) -> str:
@@ -189,7 +220,7 @@ FIELDS: dict[str, Field] = {
             "auto, sdpa, eager or flash_attention_2",
             _choice("auto", "sdpa", "eager", "flash_attention_2"),
         ),
-        Field("device_map", "auto, cpu or cuda:N", _text),
+        Field("device_map", "auto, cpu, cuda or cuda:N", _device_map),
         Field(
             "max_memory",
             "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB",
@@ -197,7 +228,11 @@ FIELDS: dict[str, Field] = {
         ),
         Field("trust_remote_code", "run code shipped with the model (off by default)", _boolean),
         Field("system_prompt", "system prompt for new conversations", _optional_text),
-        Field("temperature", "sampling temperature; 0 means greedy", _number(0.0, 100.0)),
+        Field(
+            "temperature",
+            f"sampling temperature; 0 (or below {GREEDY_BELOW:g}) means greedy",
+            _temperature,
+        ),
         Field("top_p", "nucleus sampling probability mass", _number(0.0, 1.0)),
         Field("top_k", "sample from the k most likely tokens; 0 turns it off", _integer(0)),
         Field("repetition_penalty", "1.0 turns it off", _number(0.01, 100.0)),
