@@ -323,9 +323,38 @@ def doctor(
     run_doctor(flags, as_json)
 
 
+class _TerminalSafe:
+    """A text stream that shows escapes, C1 controls and bidi overrides as visible escapes
+    (click's usage errors quote what was typed: an argument, an unknown option)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from mixchat.textsafe import for_terminal
+
+        return int(self._stream.write(for_terminal(text)))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="mixchat")
+    import sys
+
+    try:
+        code = app(prog_name="mixchat", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show(file=_TerminalSafe(sys.stderr))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
