@@ -146,6 +146,8 @@ class _CheckpointWriter:
                     self.saved_chars, self.failure = len(text), None
             except StoreError as exc:
                 self._failed(exc)
+            except Exception as exc:  # e.g. the store was closed under us: never die silently
+                self._failed(StoreError(f"cannot save the reply: {type(exc).__name__}: {exc}"))
             finally:
                 with self._cond:
                     self._busy = False
@@ -156,13 +158,8 @@ class _CheckpointWriter:
     def _write_final(self, final: dict[str, Any]) -> None:
         if self.deleted:
             return
-        try:
-            self._store.finish_reply(
-                self._message_id, **final, conversation_id=self._conversation_id
-            )
-            self.saved_chars, self.failure = len(final["content"]), None
-        except StoreError as exc:
-            self._failed(exc)
+        self._store.finish_reply(self._message_id, **final, conversation_id=self._conversation_id)
+        self.saved_chars, self.failure = len(final["content"]), None
 
     def _failed(self, exc: StoreError) -> None:
         self.failure = exc
