@@ -180,14 +180,14 @@ def raw_prefill_floor(engine: TransformersEngine, run: dict[str, list]) -> dict[
             cached = run["cached"][turn]
             cache = DynamicCache(config=model.config)
             if cached:
-                model(torch.tensor([ids[:cached]]), past_key_values=cache, logits_to_keep=1)
+                model(torch.tensor([ids[:cached]]), cache=cache, logits_to_keep=1)
             mask = torch.ones(1, len(ids), dtype=torch.long)
             cases[name] = (torch.tensor([ids[cached:]]), cache, mask)
         best = dict.fromkeys(cases, float("inf"))
         for _ in range(7):
             for name, (new, cache, mask) in cases.items():
                 t0 = time.perf_counter()
-                model(new, past_key_values=cache, attention_mask=mask, logits_to_keep=1)
+                model(new, cache=cache, attention_mask=mask, logits_to_keep=1)
                 best[name] = min(best[name], time.perf_counter() - t0)
                 cache.crop(-new.shape[1])
     return {name: round(seconds, 4) for name, seconds in best.items()}

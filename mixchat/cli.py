@@ -13,6 +13,7 @@ import typer
 
 from mixchat.commands.errors import handle_errors
 from mixchat.commands.flags import settings_flags
+from mixchat.numbers import parse_int
 
 app = typer.Typer(
     name="mixchat",
@@ -23,6 +24,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _ascii_int(minimum: int) -> Any:
+    """A typer parser: whole numbers in ASCII digits only (click's own takes ``٣`` as 3)."""
+
+    def parser(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text  # a default value, already a number
+        try:
+            value = parse_int(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if value < minimum:
+            raise typer.BadParameter(f"{value} is below the minimum of {minimum}")
+        return value
+
+    return parser
 
 
 def _complete_id(incomplete: str) -> list[tuple[str, str]]:
@@ -109,7 +127,9 @@ def ask(
 @handle_errors
 def list_(
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N.", min=1)] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="Show at most N.", parser=_ascii_int(1))
+    ] = 50,
 ) -> None:
     """List saved conversations, newest first."""
     from mixchat.commands.history import list_conversations
@@ -136,7 +156,7 @@ def show(
 def search(
     query: Annotated[str, typer.Argument(help="Words to find.")],
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", parser=_ascii_int(1))] = 50,
 ) -> None:
     """Full-text search over all saved messages."""
     from mixchat.commands.history import search_messages
@@ -208,9 +228,38 @@ def doctor(flags: dict[str, Any], as_json: JsonOpt = False) -> None:
     run_doctor(flags, as_json)
 
 
+class _TerminalSafe:
+    """A text stream that shows escapes, C1 controls and bidi overrides as visible escapes
+    (click's usage errors quote what was typed: an argument, an unknown option)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from mixchat.textsafe import for_terminal
+
+        return int(self._stream.write(for_terminal(text)))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="mixchat")
+    import sys
+
+    try:
+        code = app(prog_name="mixchat", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show(file=_TerminalSafe(sys.stderr))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

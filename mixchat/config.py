@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixchat import paths
+from mixchat.numbers import parse_float, parse_int
 
 if TYPE_CHECKING:
     from mixchat.conversation import Conversation
 
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ENV_PREFIX = "MIXCHAT_"
+# Temperatures below this (0 included) mean greedy decoding: sampling at a tinier one picks
+# the most likely token anyway, and dividing logits by it overflows to inf/nan.
+GREEDY_BELOW = 1e-5
 
 
 class ConfigError(Exception):
@@ -123,14 +127,32 @@ def _optional_text(value: Any) -> str | None:
     return value
 
 
+def _as_number(value: Any) -> float:
+    """A TOML number as is; text (environment, flags, the app) in ASCII digits only."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_float(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a number written with the digits 0-9, like 0.7")
+
+
+def _as_integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_int(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a whole number written with the digits 0-9, like 512")
+
+
 def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
+        number = _as_number(value)
         if number != number or number < low or (high is not None and number > high):
             bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
             raise ValueError(f"must be {bound}")
@@ -145,12 +167,7 @@ def _integer(
     def parse(value: Any) -> int | None:
         if optional and (value is None or value == "" or value == "none"):
             return None
-        if isinstance(value, (bool, float)):
-            raise ValueError("must be a whole number")
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a whole number") from None
+        number = _as_integer(value)
         if number < low:
             raise ValueError(f"must be >= {low}")
         if high is not None and number > high:
@@ -243,6 +260,22 @@ _NETLOC = re.compile(r"^(\[[^\[\]]*\]|[^\[\]:]+)(:\d+)?$")
 _BAD_HOST_CHARS = frozenset("<>\"{}|\\^`%[]/?#@,;=!$&'()*+")
 
 
+def _temperature(value: Any) -> float:
+    # Below GREEDY_BELOW sampling is greedy in effect, and dividing logits by a subnormal
+    # temperature overflows to inf/nan: store such a temperature as 0 (greedy).
+    number = _number(0.0, 100.0)(value)
+    return 0.0 if number < GREEDY_BELOW else number
+
+
+_DEVICE_MAP = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
+
+
+def _device_map(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE_MAP.fullmatch(value):
+        raise ValueError("must be auto, cpu, cuda or cuda:N (N a GPU number such as 0)")
+    return value
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
@@ -300,8 +333,9 @@ class Settings:
         ),
     )  # fmt: skip
     device_map: str = _option(
-        "auto", "auto, cpu or cuda:N", _text, L, flag="--device-map", help="auto | cpu | cuda:N."
-    )
+        "auto", "auto, cpu, cuda or cuda:N", _device_map, L,
+        flag="--device-map", help="auto | cpu | cuda | cuda:N.",
+    )  # fmt: skip
     max_memory: str = _option(
         "", "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB", _max_memory, L,
         flag="--max-memory", help="Per-device limits for auto placement: 0=70GiB,1=70GiB.",
@@ -315,7 +349,7 @@ class Settings:
         flag="--system", short="-s", help="System prompt.",
     )  # fmt: skip
     temperature: float = _option(
-        0.7, "sampling temperature; 0 means greedy", _number(0.0, 100.0), C,
+        0.7, f"sampling temperature; 0 (or below {GREEDY_BELOW:g}) means greedy", _temperature, C,
         flag="--temperature", short="-t", help="0 = greedy.", metavar="FLOAT",
     )  # fmt: skip
     top_p: float = _option(

@@ -108,12 +108,14 @@ def prompt_messages(messages: Sequence[Message]) -> list[Message]:
 
 
 def _turns(messages: Sequence[Message], pad: bool = True) -> list[tuple[Role, str]]:
-    """Filter, then merge same-role runs the way mistral-common's normalizer does."""
+    """Filter, then merge same-role runs the way mistral-common's normalizer does.
+
+    The last turn is the user's (a reply is wanted) or the assistant's (its reply is to be
+    continued: see ``continues_reply``).
+    """
     msgs = prompt_messages(messages)
     if not any(m.role is Role.USER for m in msgs):
         raise PromptError("the conversation has no user message to answer")
-    if msgs[-1].role is not Role.USER:
-        raise PromptError("the conversation must end with a user message")
     groups: list[tuple[Role, list[str]]] = []
     for m in msgs:
         if not groups or groups[-1][0] is not m.role:
@@ -126,6 +128,14 @@ def _turns(messages: Sequence[Message], pad: bool = True) -> list[tuple[Role, st
     return turns
 
 
+def continues_reply(messages: Sequence[Message]) -> bool:
+    """Whether a prompt for ``messages`` continues the last reply rather than starting one:
+    the last message that reaches the prompt (see ``prompt_messages``) is the assistant's.
+    Its text ends the prompt, with no end-of-turn marker after it."""
+    msgs = prompt_messages(messages)
+    return bool(msgs) and msgs[-1].role is Role.ASSISTANT
+
+
 def build_mistral_v1_prompt(
     tokenizer: TextTokenizer, messages: Sequence[Message], system_prompt: str | None
 ) -> PromptTokens:
@@ -133,13 +143,18 @@ def build_mistral_v1_prompt(
     ``<s> [INST] user [/INST] answer</s> [INST] user [/INST]``.
 
     The system prompt (ignored when empty) is prepended to the first user message with a
-    blank line. Raises PromptError when there is no user message or the last is not a user one.
+    blank line. When the last message is the assistant's, the prompt ends with its text and
+    no ``</s>`` (``... [/INST] partial``), as the reference encodes a final
+    ``AssistantMessage(prefix=True)``: the model continues that reply. Message text is
+    always plain text: ``</s>`` written in a message is never the control token.
+    Raises PromptError when there is no user message.
     """
     system = scrub_surrogates(system_prompt) if system_prompt else ""
     ids = [tokenizer.bos_id]
     parts = ["<s>"]
     first_user = True
-    for role, content in _turns(messages):
+    turns = _turns(messages)
+    for index, (role, content) in enumerate(turns):
         if role is Role.USER:
             if first_user and system:
                 content = system + _JOIN + content
@@ -147,6 +162,9 @@ def build_mistral_v1_prompt(
             segment = f"[INST] {content} [/INST]"
             ids += tokenizer.encode(segment)
             parts.append(" " + segment)
+        elif index == len(turns) - 1:  # the reply being continued: no end of turn
+            ids += tokenizer.encode(content)
+            parts.append(" " + content)
         else:
             ids += tokenizer.encode(content)
             ids.append(tokenizer.eos_id)
@@ -161,10 +179,19 @@ def build_chat_template_prompt(
 
     Same filtering and merging as the v1 builder. A system prompt goes in as a "system"
     message; if the template rejects that, it is prepended to the first user message.
+    When the last message is the assistant's, the template renders it open-ended
+    (``continue_final_message``) and the model continues it.
+
+    Only the template's own markers become special tokens: special-token text inside a
+    message, the system prompt or an earlier reply (``<|im_end|>``, ``<|eot_id|>``, ``</s>``)
+    is encoded as plain text, so no message can forge a turn. A conversation without such
+    text gets exactly the ids of its rendered text.
     """
     if not getattr(hf_tokenizer, "chat_template", None):
         raise PromptError("the model's tokenizer has no chat template")
-    chat = [{"role": role.value, "content": text} for role, text in _turns(messages, pad=False)]
+    turns = _turns(messages, pad=False)
+    continuing = turns[-1][0] is Role.ASSISTANT
+    chat = [{"role": role.value, "content": text} for role, text in turns]
     system = scrub_surrogates(system_prompt) if system_prompt else ""
     attempts = [chat]
     if system:
@@ -172,19 +199,27 @@ def build_chat_template_prompt(
         first = next(m for m in folded if m["role"] == Role.USER.value)
         first["content"] = system + _JOIN + first["content"]
         attempts = [[{"role": "system", "content": system}, *chat], folded]
+    options = {"add_generation_prompt": not continuing, "continue_final_message": continuing}
     error: Exception | None = None
     for attempt in attempts:
         try:
-            text = hf_tokenizer.apply_chat_template(
-                attempt, add_generation_prompt=True, tokenize=False
+            text = hf_tokenizer.apply_chat_template(attempt, tokenize=False, **options)
+            # transformers marks control-token text in the messages before rendering and
+            # encodes it as plain text; the template's own markers stay special tokens.
+            ids = hf_tokenizer.apply_chat_template(
+                attempt, tokenize=True, return_dict=False, sanitize_control_tokens=True, **options
             )
             break
         except Exception as exc:  # jinja2 raises TemplateError for unsupported roles
             error = exc
     else:
-        raise PromptError(f"the model's chat template failed: {error}") from error
-    ids = hf_tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        raise PromptError(f"the model's chat template failed: {_one_line(error)}") from error
     return PromptTokens(ids=[int(i) for i in ids], text=str(text))
+
+
+def _one_line(error: Exception | None) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def fit_to_context(
@@ -235,12 +270,15 @@ class IncrementalDecoder:
     drops the dummy-prefix space of the first piece) cancels out and each step is O(window).
     """
 
-    def __init__(self, decoder: _Decoder) -> None:
+    def __init__(self, decoder: _Decoder, context: Sequence[int] = ()) -> None:
+        """``context``: ids just before the first pushed one (the end of a reply being
+        continued), decoded but not emitted, so that the continuation's first piece keeps
+        its leading space (SentencePiece drops it at the start of a decode)."""
         self._decoder = decoder
-        self._ids: list[int] = []
+        self._ids: list[int] = [int(i) for i in context]
         self._prefix = 0  # start of the window: the last emitted chunk's first id
-        self._read = 0  # ids before this have been emitted
-        self._prefix_text = ""  # decode(ids[prefix:read]), cached
+        self._read = len(self._ids)  # ids before this have been emitted
+        self._prefix_text = decoder.decode(self._ids) if self._ids else ""  # ids[prefix:read]
 
     def push(self, ids: int | Iterable[int]) -> str:
         """Add generated ids; return the text they complete (maybe "")."""

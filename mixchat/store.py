@@ -633,12 +633,20 @@ class ConversationStore:
         return self.append_message(conversation_id, reply)
 
     @_guarded
-    def checkpoint_reply(self, message_id: int, content: str) -> None:
-        """Save the partial text of a streaming reply (cheap; call often)."""
+    def checkpoint_reply(
+        self, message_id: int, content: str, *, conversation_id: str | None = None
+    ) -> None:
+        """Save the partial text of a streaming reply (cheap; call often).
+
+        With ``conversation_id`` the row must still belong to that conversation: message ids
+        of deleted rows are reused, so a reply whose conversation was deleted while it
+        streamed would otherwise overwrite another conversation's message.
+        """
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE messages SET content = ?, updated_at = ? WHERE id = ?",
-                (scrub_surrogates(content), time.time(), message_id),
+                "UPDATE messages SET content = ?, updated_at = ? WHERE id = ?"
+                " AND (? IS NULL OR conversation_id = ?)",
+                (scrub_surrogates(content), time.time(), message_id, *[conversation_id] * 2),
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")
@@ -653,15 +661,26 @@ class ConversationStore:
         completion_tokens: int | None = None,
         ttft_s: float | None = None,
         duration_s: float | None = None,
+        *,
+        conversation_id: str | None = None,
     ) -> None:
-        """Save a reply's final text, status and statistics."""
+        """Save a reply's final text, status and statistics (``conversation_id``: as for
+        ``checkpoint_reply``)."""
         now = time.time()
         stats = (prompt_tokens, completion_tokens, ttft_s, duration_s)
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE messages SET content = ?, status = ?, prompt_tokens = ?,"
-                " completion_tokens = ?, ttft_s = ?, duration_s = ?, updated_at = ? WHERE id = ?",
-                (scrub_surrogates(content), Status(status).value, *stats, now, message_id),
+                " completion_tokens = ?, ttft_s = ?, duration_s = ?, updated_at = ? WHERE id = ?"
+                " AND (? IS NULL OR conversation_id = ?)",
+                (
+                    scrub_surrogates(content),
+                    Status(status).value,
+                    *stats,
+                    now,
+                    message_id,
+                    *[conversation_id] * 2,
+                ),
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")

@@ -92,4 +92,3 @@ def cli(engine_pool: EnginePool, monkeypatch: pytest.MonkeyPatch) -> Cli:
     """The mixchat CLI in process, with local engines shared across the session."""
     monkeypatch.setattr(factory, "make_engine", engine_pool.make)
     return Cli()
-

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
 import sys
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from mixchat.commands.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail
+from mixchat.commands.errors import EXIT_FAILURE, EXIT_USAGE, fail
+from mixchat.commands.stops import StopSignals, described, exit_code, say
 from mixchat.config import conversation_settings, load_sources
 from mixchat.conversation import Conversation, Message, Role
 from mixchat.engine.base import (
@@ -22,7 +23,7 @@ from mixchat.engine.base import (
     Notice,
     TextDelta,
 )
-from mixchat.textsafe import neutralize, scrub_surrogates
+from mixchat.textsafe import for_terminal, safe_json, scrub_surrogates
 
 
 @dataclass
@@ -58,7 +59,7 @@ def compose_prompt(argument: str | None, piped: str | None) -> str:
 
 def warn(message: str) -> None:
     """A diagnostic line on stderr (never on stdout, which carries only the answer)."""
-    print(f"mixchat: {neutralize(message)}", file=sys.stderr, flush=True)
+    print(f"mixchat: {for_terminal(message)}", file=sys.stderr, flush=True)
 
 
 class _Output:
@@ -73,17 +74,19 @@ class _Output:
     def write(self, text: str) -> None:
         if not self._enabled or not text:
             return
-        self._stream.write(neutralize(text) if self._tty else text)
+        self._stream.write(for_terminal(text) if self._tty else text)
         self._stream.flush()
         self.ended_with_newline = text.endswith("\n")
 
     def end_line(self) -> None:
         if self._enabled and self._tty and not self.ended_with_newline:
-            self._stream.write("\n")
-            self._stream.flush()
+            with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                self._stream.write("\n")
+                self._stream.flush()
+            self.ended_with_newline = True
 
 
-class _Progress:
+class _LoadBar:
     """Load progress on stderr, only when stderr is a terminal."""
 
     def __init__(self) -> None:
@@ -100,15 +103,55 @@ class _Progress:
 
     def clear(self) -> None:
         if self._shown:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
+            with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                sys.stderr.write("\r\x1b[2K")
+                sys.stderr.flush()
             self._shown = False
 
 
+@dataclass
+class _Progress:
+    """How far an ask got, for the line said when a signal stops it."""
+
+    question_saved: bool = False
+    loading: bool = False
+    recorder: Any = None  # the ReplyRecorder, once the reply streams
+
+
 def run_ask(request: AskRequest) -> int:
-    """Run ``mixchat ask``; returns the exit code."""
+    """Run ``mixchat ask``; returns the exit code.
+
+    Ctrl-C, SIGTERM and SIGHUP stop it at any point with one line saying what was kept,
+    and the exit code 128 + the signal's number (130, 143, 129).
+    """
+    progress = _Progress()
+    with StopSignals():
+        try:
+            return _run_ask(request, progress)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or Stopped (SIGTERM, SIGHUP)
+            if progress.recorder is not None:
+                progress.recorder.settle()  # the whole reply so far, saved as interrupted
+            say(_stopped_line(stop, progress))
+            return exit_code(stop)
+
+
+def _stopped_line(stop: KeyboardInterrupt, progress: _Progress) -> str:
+    what = described(stop)
+    if progress.recorder is not None:
+        saved = progress.recorder.saved
+        not_saved = progress.recorder.outcome.not_saved
+        if not_saved:
+            return f"{what}; {not_saved}"
+        return f"{what}; the partial reply is saved" if saved else what
+    if progress.loading:
+        kept = "; the question is saved, without an answer" if progress.question_saved else ""
+        return f"{what} while the model was loading{kept}"
+    return f"{what}; the question is saved" if progress.question_saved else f"{what}; nothing saved"
+
+
+def _run_ask(request: AskRequest, progress: _Progress) -> int:
     from mixchat.prompt import prompt_messages
-    from mixchat.session import ReplyRecorder, stream_reply
+    from mixchat.session import ReplyNotSaved, ReplyRecorder, stream_reply
 
     sources = load_sources(request.flags)
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
@@ -157,24 +200,29 @@ def run_ask(request: AskRequest) -> int:
             else:
                 store.append_message(conv.id, user_message)
             conversation_id = conv.id
-        progress = _Progress()
+            progress.question_saved = True
+        bar = _LoadBar()
+        progress.loading = True
         try:
             for load_event in engine.load():
                 if isinstance(load_event, LoadProgress):
-                    progress.show(load_event)
+                    bar.show(load_event)
                 else:
-                    progress.clear()
+                    bar.clear()
                     warn(load_event.message)
         except EngineError:
             # The model cannot load (wrong path, say): take back the unanswerable
             # question rather than leave a stray conversation for every typo.
-            progress.clear()
+            bar.clear()
             _take_back(store, conversation_id, created, user_message)
             raise
-        progress.clear()
+        finally:
+            bar.clear()
+        progress.loading = False
         info = engine.info()
 
         recorder = ReplyRecorder(store, conversation_id)
+        progress.recorder = recorder
         out = _Output(sys.stdout, enabled=not request.as_json)
         cancel = threading.Event()
 
@@ -189,17 +237,18 @@ def run_ask(request: AskRequest) -> int:
                     f"{event.context_size:,}-token context"
                 )
 
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             outcome = stream_reply(
                 engine, recorder, [*history, user_message], system_prompt, params, cancel, on_event
             )
+        except ReplyNotSaved as exc:
+            # The whole answer was shown; only saving it failed (e.g. `mixchat rm` of this
+            # conversation meanwhile, or a database locked by another program too long).
+            out.end_line()
+            return fail(str(exc), EXIT_FAILURE)
         except KeyboardInterrupt:
             out.end_line()
-            warn("stopped; the partial reply is saved" if store else "stopped")
-            return EXIT_INTERRUPTED
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            raise
         out.end_line()
         if any(isinstance(e, Failed) and e.unsent for e in outcome.events):
             # Nothing reached the model (a server that cannot be reached, a question too
@@ -222,7 +271,7 @@ def run_ask(request: AskRequest) -> int:
                 "model": asdict(info),
             }
             # The model id comes from argv/env and may hold undecodable bytes.
-            print(scrub_surrogates(json.dumps(payload, ensure_ascii=False)))
+            print(safe_json(payload))
         return 0
     finally:
         engine.close()
@@ -238,10 +287,6 @@ def _take_back(store: Any, conversation_id: str | None, created: bool, question:
         store.delete(conversation_id)
     elif question.id is not None:
         store.truncate_from(question.id)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
@@ -288,9 +333,9 @@ def _show_prompt(
             "dropped_messages": built.dropped_messages,
             "context_size": tokenizer.context_size,
         }
-        print(json.dumps(payload, ensure_ascii=False))
+        print(safe_json(payload))
     else:
-        text = built.text if not sys.stdout.isatty() else neutralize(built.text)
+        text = built.text if not sys.stdout.isatty() else for_terminal(built.text)
         print(text)
         print(json.dumps(built.ids))
     return 0

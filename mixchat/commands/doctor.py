@@ -7,11 +7,13 @@ import importlib.util
 import json
 import platform
 import struct
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mixchat.config import Settings, load_settings
+from mixchat.textsafe import for_terminal
 
 GB = 10**9
 # Mixtral-8x7B: 46.7B parameters; KV cache per token = 32 layers x 8 KV heads x 128 dims x
@@ -260,4 +262,5 @@ def run_doctor(flags: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(asdict(report)))
     else:
-        print(render(report))
+        text = render(report)  # the model id and notes may hold any text
+        print(for_terminal(text) if sys.stdout.isatty() else text)

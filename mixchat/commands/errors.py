@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mixchat.textsafe import neutralize
+from mixchat.textsafe import for_terminal
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:
     """Print ``mixchat: error: message`` on stderr and return ``code``."""
-    line = neutralize(" ".join(message.split()))
+    line = for_terminal(" ".join(message.split()))
     print(f"mixchat: error: {line}", file=sys.stderr, flush=True)
     return code
 

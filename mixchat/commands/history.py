@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mixchat.store import MARK_END, MARK_START, ConversationStore
-from mixchat.textsafe import neutralize, scrub_surrogates
+from mixchat.textsafe import for_terminal, safe_json, scrub_surrogates
 from mixchat.transcript import (
     TranscriptError,
     conversation_header,
@@ -28,9 +28,10 @@ SHORT_ID = 8
 
 
 def _out(text: str) -> None:
-    """Print to stdout; neutralise control characters when it is a terminal. Lone
-    surrogates (undecodable bytes in a path from the environment) become U+FFFD."""
-    sys.stdout.write((neutralize(text) if sys.stdout.isatty() else scrub_surrogates(text)) + "\n")
+    """Print to stdout; on a terminal, control characters and bidi overrides become
+    visible escapes. Lone surrogates (undecodable bytes in a path from the environment)
+    become U+FFFD."""
+    sys.stdout.write((for_terminal(text) if sys.stdout.isatty() else scrub_surrogates(text)) + "\n")
 
 
 def _when(ts: float) -> str:
@@ -47,7 +48,7 @@ def list_conversations(limit: int, as_json: bool) -> None:
     with ConversationStore.open() as store:
         rows = store.list_conversations(limit=limit)
     if as_json:
-        print(json.dumps([asdict(r) for r in rows], ensure_ascii=False))
+        print(safe_json([asdict(r) for r in rows]))
         return
     if not rows:
         print('no saved conversations yet; start one with: mixchat ask "..."', file=sys.stderr)
@@ -73,7 +74,7 @@ def show_conversation(conversation_id: str, as_json: bool) -> None:
                 for m in conv.messages
             ],
         }
-        print(json.dumps(payload, ensure_ascii=False))
+        print(safe_json(payload))
         return
     _out(to_text(conv))
 
@@ -84,7 +85,7 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
         hits = store.search(query, limit=limit)
     if as_json:
         print(
-            json.dumps(
+            safe_json(
                 [
                     {
                         **asdict(h),
@@ -92,8 +93,7 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
                         "snippet": h.snippet.replace(MARK_START, "").replace(MARK_END, ""),
                     }
                     for h in hits
-                ],
-                ensure_ascii=False,
+                ]
             )
         )
         return
@@ -103,10 +103,10 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
     tty = sys.stdout.isatty()
     lines = []
     for hit in hits:
-        snippet = _one_line(neutralize(hit.snippet) if tty else hit.snippet, 200)
+        snippet = _one_line(for_terminal(hit.snippet) if tty else hit.snippet, 200)
         start, end = ("\x1b[1m", "\x1b[0m") if tty else ("", "")
         snippet = snippet.replace(MARK_START, start).replace(MARK_END, end)
-        title = _one_line(neutralize(hit.title) if tty else hit.title, 50)
+        title = _one_line(for_terminal(hit.title) if tty else hit.title, 50)
         lines.append(f"{hit.conversation_id[:SHORT_ID]}  {title}  [{hit.role.value}] {snippet}")
     sys.stdout.write("\n".join(lines) + "\n")
 
@@ -124,7 +124,7 @@ def export_conversation(conversation_id: str, fmt: str, output: Path | None) -> 
     )
     if output is None:
         if sys.stdout.isatty():
-            text = neutralize(text)
+            text = for_terminal(text)
         sys.stdout.write(text)
         return
     tmp = output.with_name(output.name + ".tmp")
@@ -134,7 +134,7 @@ def export_conversation(conversation_id: str, fmt: str, output: Path | None) -> 
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise TranscriptError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    print(f"exported {conv.id[:SHORT_ID]} to {output}", file=sys.stderr)
+    print(f"exported {conv.id[:SHORT_ID]} to {for_terminal(str(output))}", file=sys.stderr)
 
 
 def import_conversation(file: Path) -> None:
@@ -210,8 +210,7 @@ def show_config(as_json: bool) -> None:
     if as_json:
         # Settings from argv or the environment may hold undecodable bytes (lone
         # surrogates), which a strict UTF-8 stdout cannot print.
-        text = json.dumps({"settings": asdict(settings), "paths": where}, ensure_ascii=False)
-        print(scrub_surrogates(text))
+        print(safe_json({"settings": asdict(settings), "paths": where}))
         return
     lines = [f"{k:<12} {v}" for k, v in where.items()]
     lines.append("")

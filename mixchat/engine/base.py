@@ -1,10 +1,14 @@
 """The engine protocol: how the UI and the CLI talk to the thread that owns a model.
 
-``Engine.stream(messages, params, cancel)`` yields events: ``LoadProgress`` while
-weights load, ``ContextTrimmed`` when old turns had to be dropped, ``TextDelta``
+``Engine.stream(messages, system_prompt, params, cancel)`` yields events: ``LoadProgress``
+while weights load, ``ContextTrimmed`` when old turns had to be dropped, ``TextDelta``
 for each piece of text, then ``Usage`` and ``Finished`` (or ``Failed``). A
 cancel is a ``threading.Event``; setting it stops generation within one token
 and leaves the engine ready for the next request.
+
+When the last message that reaches the prompt is an assistant message (see
+``prompt.prompt_messages``), the engine continues that reply: the prompt ends with its text
+and no end-of-turn marker, and the ``TextDelta`` events carry only the continuation.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from mixchat.conversation import Message
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings for one reply. ``temperature == 0`` means greedy. The defaults and
-    meanings are those of the same-named settings (``mixchat.config``)."""
+    """Sampling settings for one reply. ``temperature`` below ``GREEDY_BELOW`` means greedy.
+    The defaults and meanings are those of the same-named settings (``mixchat.config``)."""
 
     temperature: float = DEFAULTS.temperature
     top_p: float = DEFAULTS.top_p
@@ -138,7 +142,12 @@ class Engine(Protocol):
         params: GenerationParams,
         cancel: threading.Event,
     ) -> Iterator[Event]:
-        """Generate a reply to ``messages`` (ending with the user's), yielding events."""
+        """Generate a reply to ``messages``, yielding events.
+
+        ``messages`` end with the user's message (a new reply) or with an assistant
+        message whose reply is continued: the ``TextDelta`` events are then the rest of
+        it only. An engine that cannot continue replies yields one ``Failed`` saying so.
+        """
         ...
 
     def close(self) -> None:

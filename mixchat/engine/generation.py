@@ -9,9 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mixchat.config import GREEDY_BELOW
 from mixchat.engine.base import FinishReason, GenerationParams
 from mixchat.engine.kvcache import PrefixCache
 from mixchat.engine.tokenizer import ChatTokenizer
+
+# A continuation's text is decoded after this many of the prompt's last ids.
+CONTEXT_IDS = 4
 
 
 @dataclass
@@ -27,8 +31,9 @@ class GenerateResult:
 
 
 def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
-    """``generate`` arguments for ``params``; temperature 0 is greedy decoding."""
-    if params.temperature <= 0:
+    """``generate`` arguments for ``params``; a temperature below ``GREEDY_BELOW`` (0
+    included) is greedy decoding: dividing logits by a tinier one overflows to inf/nan."""
+    if params.temperature < GREEDY_BELOW:
         kwargs: dict[str, Any] = {
             "do_sample": False,
             "temperature": None,
@@ -56,8 +61,12 @@ def run_generate(
     started: float,
     on_text: Callable[[str], None],
     kv_cache: PrefixCache | None = None,
+    continuing: bool = False,
 ) -> GenerateResult:
     """Generate a reply to ``prompt_ids``, calling ``on_text`` with each decoded delta.
+
+    ``continuing``: the prompt ends inside a reply (no end-of-turn marker) and the text is
+    its continuation, decoded after the prompt's last ids so that leading spaces survive.
 
     With ``kv_cache`` the prompt's longest prefix already in the cache is not computed
     again, and afterwards the cache covers the prompt and the reply (minus its last token,
@@ -68,7 +77,7 @@ def run_generate(
     from transformers.generation.streamers import BaseStreamer
 
     eos_ids = tokenizer.eos_ids
-    decoder = tokenizer.decoder()
+    decoder = tokenizer.decoder(prompt_ids[-CONTEXT_IDS:] if continuing else ())
     state: dict[str, Any] = {"first": None, "count": 0, "last": None, "prompt_seen": False}
 
     class Streamer(BaseStreamer):
@@ -108,7 +117,9 @@ def run_generate(
     try:
         with torch.inference_mode():  # the cache's tensors are inference tensors: crop them here
             past, reused = (None, 0) if kv_cache is None else kv_cache.prepare(model, prompt_ids)
-            cache_kwargs = {"past_key_values": past} if past is not None else {}
+            # ``cache``, not ``past_key_values``: transformers warns on every call of the old
+            # name (it goes away in 5.40 for forward, 6.0 for generate).
+            cache_kwargs = {"cache": past} if past is not None else {}
             sequence = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),

@@ -45,7 +45,7 @@ class PrefixCache:
         """Return ``(cache, reused)`` to generate a reply to ``prompt_ids``.
 
         ``cache`` holds the keys and values of ``prompt_ids[:reused]`` and is handed to
-        ``generate`` as ``past_key_values``; it prefills only the rest. At least one prompt
+        ``generate`` as ``cache``; it prefills only the rest. At least one prompt
         token is always left uncached, since the model must see a new input. Returns
         ``(None, 0)`` when the model cannot take a cache from outside ``generate``.
         """

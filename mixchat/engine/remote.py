@@ -50,7 +50,7 @@ from mixchat.engine.remote_http import (
     stream_events,
 )
 from mixchat.engine.remote_reply import ReplyReader, ReplyState
-from mixchat.prompt import PromptError, prompt_messages
+from mixchat.prompt import PromptError, continues_reply, prompt_messages
 from mixchat.textsafe import scrub_surrogates
 
 DEFAULT_CONTEXT_SIZE = 32768
@@ -95,6 +95,8 @@ def chat_messages(messages: Sequence[Message], system_prompt: str | None) -> lis
     locally and remotely. Raises ``PromptError`` when there is no user message to answer.
     """
     msgs = prompt_messages(messages)
+    if msgs and msgs[-1].role is Role.ASSISTANT:
+        raise PromptError("continuing a reply needs a local model")
     if not msgs or msgs[-1].role is not Role.USER:
         raise PromptError("the conversation must end with a user message")
     turns: list[dict[str, str]] = []
@@ -330,8 +332,13 @@ class RemoteEngine:
         params: GenerationParams,
         cancel: threading.Event,
     ) -> Iterator[Event]:
-        """Stream a reply from the server, yielding events as chunks arrive."""
+        """Stream a reply from the server, yielding events as chunks arrive. Continuing a
+        reply (a last assistant message) is refused with one ``Failed``: a server's chat
+        template would close that message before the model saw it."""
         started = time.perf_counter()
+        if continues_reply(messages):
+            yield Failed("continuing a reply needs a local model", kind="prompt")
+            return
         if self._info is None:
             try:
                 yield from self.load()

@@ -79,9 +79,11 @@ class ChatTokenizer:
 
         return fit_to_context(render, messages, self.context_size, max_new_tokens)
 
-    def decoder(self) -> IncrementalDecoder:
-        """A fresh streaming decoder for one reply."""
-        return IncrementalDecoder(self._sp if self._sp is not None else _HFDecoder(self._hf))
+    def decoder(self, context: Sequence[int] = ()) -> IncrementalDecoder:
+        """A fresh streaming decoder for one reply; ``context`` is the end of the prompt when
+        the reply continues one (see ``IncrementalDecoder``)."""
+        source = self._sp if self._sp is not None else _HFDecoder(self._hf)
+        return IncrementalDecoder(source, context)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids to text, without special tokens."""

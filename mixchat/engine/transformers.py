@@ -34,7 +34,7 @@ from mixchat.engine.base import (
 )
 from mixchat.engine.kvcache import PrefixCache
 from mixchat.engine.tokenizer import ChatTokenizer
-from mixchat.prompt import PromptError
+from mixchat.prompt import PromptError, continues_reply
 
 _DONE = object()
 
@@ -61,6 +61,7 @@ class TransformersEngine:
         self._tokenizer: ChatTokenizer | None = None
         self._model: Any = None
         self._info: ModelInfo | None = None
+        self._loading = False  # the model thread is reading weights (cannot be stopped)
 
     # -- the model thread -------------------------------------------------
 
@@ -79,8 +80,16 @@ class TransformersEngine:
                 job.events.put(_DONE)
 
     def _submit(
-        self, run: Callable[[Callable[[Any], None]], None], cancel: threading.Event
+        self,
+        run: Callable[[Callable[[Any], None]], None],
+        cancel: threading.Event,
+        *,
+        wait_on_abandon: bool = True,
     ) -> Iterator[Any]:
+        """Run ``run`` on the model thread and yield what it emits. If the caller stops
+        listening, the job is cancelled and (``wait_on_abandon``) waited for; a load cannot
+        be cancelled half-way, so a caller stopped during one (Ctrl-C, SIGTERM) does not
+        wait for the weights it no longer wants."""
         job = _Job(run, queue.Queue(), cancel)
         self._jobs.put(job)
         finished = False
@@ -95,7 +104,7 @@ class TransformersEngine:
                     return
                 yield item
         finally:
-            if not finished:
+            if not finished and wait_on_abandon:
                 self._abandon(job)
 
     @staticmethod
@@ -126,7 +135,7 @@ class TransformersEngine:
 
     def load(self) -> Iterator[LoadProgress | Notice]:
         """Load tokenizer and weights on the model thread, yielding progress."""
-        for event in self._submit(self._load_job, threading.Event()):
+        for event in self._submit(self._load_job, threading.Event(), wait_on_abandon=False):
             if isinstance(event, Failed):
                 raise EngineError(event.message)
             yield event
@@ -134,6 +143,13 @@ class TransformersEngine:
     def _load_job(self, emit: Callable[[Any], None]) -> None:
         if self._model is not None:
             return
+        self._loading = True
+        try:
+            self._load(emit)
+        finally:
+            self._loading = False
+
+    def _load(self, emit: Callable[[Any], None]) -> None:
         from mixchat.engine.loader import load_model
         from mixchat.engine.resolve import resolve_model_dir
 
@@ -189,7 +205,7 @@ class TransformersEngine:
         started = time.perf_counter()
         need_load = self._model is None
         if need_load:
-            yield from self._submit(self._load_job, threading.Event())
+            yield from self._submit(self._load_job, threading.Event(), wait_on_abandon=False)
             if self._model is None:
                 return
 
@@ -236,6 +252,7 @@ class TransformersEngine:
                 started,
                 lambda text: emit(TextDelta(text)),
                 self._kv if self.reuse_cache else None,
+                continuing=continues_reply(messages),
             )
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -259,9 +276,11 @@ class TransformersEngine:
         emit(Finished(result.reason))
 
     def close(self) -> None:
-        """Stop the model thread and drop the model."""
+        """Stop the model thread and drop the model (without waiting for a load in
+        progress: the process is about to drop it anyway)."""
         self._jobs.put(None)
-        self._thread.join(timeout=10)
+        if not self._loading:
+            self._thread.join(timeout=10)
         self._kv.discard()
         self._model = None
 

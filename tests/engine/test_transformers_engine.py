@@ -177,3 +177,17 @@ def test_flash_attention_falls_back_with_a_notice(tiny_model: Path) -> None:
         assert eng.info().attention == "sdpa"
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324])
+def test_tiny_temperature_is_greedy_not_nan(engine: TransformersEngine, temperature: float) -> None:
+    """Sampling at a subnormal temperature divides logits into inf/nan ("probability tensor
+    contains either inf, nan or element < 0"); such a temperature decodes greedily."""
+
+    def reply(params: GenerationParams) -> str:
+        events = list(engine.stream([user("hello")], None, params, threading.Event()))
+        assert not [e for e in events if isinstance(e, Failed)], events
+        return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+    tiny = reply(GenerationParams(temperature=temperature, max_new_tokens=12, seed=5))
+    assert tiny == reply(GenerationParams(temperature=0, max_new_tokens=12))

@@ -48,11 +48,14 @@ def sp() -> SentencePieceTokenizer:
 
 
 def ref_ids(messages: Sequence[Message], system: str | None = None) -> list[int]:
-    """mistral-common's tokens for a conversation of (already filtered) messages."""
+    """mistral-common's tokens for a conversation of (already filtered) messages; a last
+    assistant message is a prefix to continue (``AssistantMessage(prefix=True)``)."""
     chat: list[Any] = [SystemMessage(content=system)] if system is not None else []
-    for m in messages:
-        cls = UserMessage if m.role is Role.USER else AssistantMessage
-        chat.append(cls(content=m.content))
+    for i, m in enumerate(messages):
+        if m.role is Role.USER:
+            chat.append(UserMessage(content=m.content))
+        else:
+            chat.append(AssistantMessage(content=m.content, prefix=i == len(messages) - 1))
     return list(reference().encode_chat_completion(ChatCompletionRequest(messages=chat)).tokens)
 
 
@@ -130,12 +133,32 @@ def test_matches_mistral_common(messages: list[Message], system: str | None) -> 
 @settings(max_examples=300, deadline=None)
 @given(messages=free_form(), system=systems)
 def test_matches_mistral_common_free_form(messages: list[Message], system: str | None) -> None:
+    # An ERROR last user message leaves an assistant message last: that reply is continued.
     view = reference_view(messages)
-    if view[-1].role is not Role.USER:  # an ERROR last user message leaves an assistant last
-        with pytest.raises(PromptError):
-            v1(messages, system)
-        return
     assert v1(messages, system).ids == ref_ids(view, system)
+
+
+@st.composite
+def continuations(draw: st.DrawFn) -> list[Message]:
+    """A conversation ending with a partial (or complete) reply to continue."""
+    messages = draw(alternating())
+    return [
+        *messages,
+        bot(draw(nonempty_texts), draw(st.sampled_from([Status.COMPLETE, Status.INTERRUPTED]))),
+    ]
+
+
+@settings(max_examples=500, deadline=None)
+@given(messages=continuations(), system=systems)
+def test_continuation_matches_mistral_common_prefix(
+    messages: list[Message], system: str | None
+) -> None:
+    prompt = v1(messages, system)
+    assert prompt.ids == ref_ids(messages, system)
+    # The prompt is the one for the question, then the partial reply without </s>.
+    question = v1(messages[:-1], system)
+    assert prompt.ids[: len(question.ids)] == question.ids
+    assert prompt.ids[len(question.ids) :] == sp().encode(scrub_surrogates(messages[-1].content))
 
 
 # -- rendering and special text --------------------------------------------------------------
@@ -201,9 +224,9 @@ def test_conversation_starting_with_assistant_gets_empty_user_turn() -> None:
     [
         [],
         [bot("hi")],
-        [user("q"), bot("a")],
-        [user("q"), bot("a", Status.INTERRUPTED)],
+        [bot("hi", Status.INTERRUPTED), bot("there")],
         [user("q", Status.ERROR)],
+        [user("q", Status.ERROR), bot("a")],
         [Message(Role.SYSTEM, "only a system message")],
     ],
 )
@@ -316,7 +339,16 @@ def test_fit_raises_when_newest_message_alone_does_not_fit() -> None:
 
 def test_fit_propagates_prompt_errors() -> None:
     with pytest.raises(PromptError):
-        fit_to_context(CountingBuild(None), [user("q"), bot("a")], 10, 1)
+        fit_to_context(CountingBuild(None), [bot("a")], 10, 1)
+
+
+def test_fit_keeps_the_reply_being_continued() -> None:
+    messages = [*long_chat(40), bot("the partial answer")]
+    full = len(v1(messages, "S").ids)
+    prompt = fit_to_context(CountingBuild("S"), messages, full // 2, 50)
+    assert 0 < prompt.dropped_messages < len(messages) - 2
+    assert prompt.text.endswith("[INST] the newest question [/INST] the partial answer")
+    assert prompt.ids == ref_ids(messages[prompt.dropped_messages :], "S")
 
 
 # -- incremental decoding --------------------------------------------------------------------
@@ -409,7 +441,15 @@ def test_chat_template_prompt(hf_tokenizer: Any) -> None:
     with_system = build_chat_template_prompt(hf_tokenizer, messages, "S")
     assert with_system.text.startswith("<s>[INST] S\n\nhi [/INST]")
     with pytest.raises(PromptError):
-        build_chat_template_prompt(hf_tokenizer, [user("q"), bot("a")], None)
+        build_chat_template_prompt(hf_tokenizer, [bot("a")], None)
+
+
+def test_chat_template_continues_a_final_assistant_message(hf_tokenizer: Any) -> None:
+    hf_tokenizer.chat_template = TEMPLATE
+    prompt = build_chat_template_prompt(hf_tokenizer, [user("q"), bot("Once upon")], None)
+    assert prompt.text == "<s>[INST] q [/INST]Once upon"  # no </s>: the reply goes on
+    assert prompt.ids == hf_tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+    assert EOS not in prompt.ids
 
 
 def test_chat_template_missing(hf_tokenizer: Any) -> None:

@@ -300,15 +300,17 @@ def test_checkpoints_grow_the_row_while_streaming(
     engine = ScriptedEngine()
     engine.queue("The ", "quick ", "brown ", "fox")
     seen: list[tuple[str, Status]] = []
+    recorder = chat.recorder()
 
     with ConversationStore.open() as reader:
 
         def on_event(event: Event) -> None:
             if isinstance(event, TextDelta):
+                recorder.flush()  # checkpoints are written by a thread: wait for it
                 reply = reader.get_conversation(chat.conv_id).messages[-1]
                 seen.append((reply.content, reply.status))
 
-        outcome = chat.run(engine, chat.recorder(), on_event)
+        outcome = chat.run(engine, recorder, on_event)
 
     assert seen == [
         ("The ", Status.INTERRUPTED),
@@ -326,11 +328,14 @@ def test_no_checkpoint_before_the_interval(chat: Chat, monkeypatch: pytest.Monke
     engine.queue("a", "b", "c")
     seen: list[str] = []
 
+    recorder = chat.recorder()
+
     def on_event(event: Event) -> None:
         if isinstance(event, TextDelta):
+            recorder.flush()
             seen.append(saved_reply(chat.conv_id).content)
 
-    chat.run(engine, chat.recorder(), on_event)
+    chat.run(engine, recorder, on_event)
     assert seen == ["", "", ""]
     assert saved_reply(chat.conv_id).content == "abc"  # the final write still happens
 
@@ -344,6 +349,7 @@ def test_explicit_checkpoint_writes_the_text_so_far(
     recorder.add("y")
     assert saved_reply(chat.conv_id).content == ""
     recorder.checkpoint()
+    recorder.flush()
     reply = saved_reply(chat.conv_id)
     assert (reply.content, reply.status) == ("xy", Status.INTERRUPTED)
 

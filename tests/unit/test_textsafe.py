@@ -102,3 +102,24 @@ def test_scrub_surrogates_output_is_utf8_and_same_length(text: str) -> None:
     out = scrub_surrogates(text)
     out.encode("utf-8")
     assert len(out) == len(text)
+
+
+def test_for_terminal_also_defuses_bidi_overrides() -> None:
+    from mixchat.textsafe import for_terminal
+
+    assert for_terminal("a\u202eb\u2066c\u2069d\x1b") == "a\\u202eb\\u2066c\\u2069d\\x1b"
+    assert for_terminal("\u200f\u200e\u061c") == "\u200f\u200e\u061c"  # marks reorder nothing
+    assert neutralize("a\u202eb") == "a\u202eb"  # the app's own rendering decides for itself
+
+
+@settings(max_examples=300)
+@given(st.text())
+def test_safe_json_is_exact_and_inert(text: str) -> None:
+    import json
+
+    from mixchat.textsafe import safe_json
+
+    encoded = safe_json({"k": [text]})
+    assert json.loads(encoded) == {"k": [scrub_surrogates(text)]}
+    assert not any(0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029\u202e\u2066" for c in encoded)
+    assert not any(unicodedata.category(c) == "Cc" for c in encoded)
