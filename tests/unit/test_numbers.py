@@ -167,7 +167,7 @@ def test_device_map_accepts(value: str) -> None:
 def test_device_map_is_validated_with_the_other_settings(
     value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigError, match="--device-map: device_map must be auto, cpu, cuda or"):
+    with pytest.raises(ConfigError, match="--device-map must be auto, cpu, cuda or"):
         load_settings({"device_map": value})
     monkeypatch.setenv("MIXCHAT_DEVICE_MAP", value)
     with pytest.raises(ConfigError, match="MIXCHAT_DEVICE_MAP"):
@@ -204,7 +204,7 @@ def test_bad_device_map_flag_is_one_line_and_exit_2(mixchat_home: Path) -> None:
     done = run("ask", "--model", "/nonexistent", "--device-map", "x", "hi")
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
-        "mixchat: error: --device-map: device_map must be auto, cpu, cuda or cuda:N "
+        "mixchat: error: --device-map must be auto, cpu, cuda or cuda:N "
         "(N a GPU number such as 0) (got 'x')"
     ]
     assert not (mixchat_home / "data").exists()
