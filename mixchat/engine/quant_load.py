@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
+from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear, check_kernels
 from mixchat.engine.placement import Placement
 from mixchat.engine.quant import (
     ATTENTION,
@@ -56,9 +57,12 @@ def quantized_skeleton(
     placement: Placement,
     double_quant: bool = True,
     attention: str = "sdpa",
+    cpu_kernels: bool = True,
 ) -> Any:
     """A Mixtral with no weights yet: parameters on meta, quantized modules swapped in
-    (their storage will live where ``placement`` puts each layer)."""
+    (their storage will live where ``placement`` puts each layer). Layers placed on the CPU
+    get the CPU kernels' modules unless ``cpu_kernels`` is false (bitsandbytes everywhere,
+    which is what a GPU runs: the tests exercise it on the CPU that way)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -69,14 +73,20 @@ def quantized_skeleton(
             config, dtype=compute_dtype, attn_implementation=attention
         )
     for index, layer in enumerate(model.model.layers):
-        layer.mlp.experts = QuantizedMixtralExperts(
-            config, mode, compute_dtype, placement.layers[index], double_quant
-        )
+        on_cpu = cpu_kernels and torch.device(placement.layers[index]).type == "cpu"
+        if on_cpu:
+            layer.mlp.experts = CpuQuantizedExperts(config, mode)
+        else:
+            layer.mlp.experts = QuantizedMixtralExperts(
+                config, mode, compute_dtype, placement.layers[index], double_quant
+            )
         for name in ATTENTION:
             old = getattr(layer.self_attn, name)
             shape = (old.in_features, old.out_features, old.bias is not None)
             new: nn.Module
-            if mode == "4bit":
+            if on_cpu and old.bias is None:
+                new = CpuQuantizedLinear(old.in_features, old.out_features, mode)
+            elif mode == "4bit":
                 new = bnb.nn.Linear4bit(
                     *shape,
                     compute_dtype=compute_dtype,
@@ -144,8 +154,9 @@ class _Stream:
         # gate and up (w1, w3) are fused into one weight; hold a half until its pair arrives.
         self.pending: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
-    def experts(self, layer: str) -> QuantizedMixtralExperts:
-        module: QuantizedMixtralExperts = self.model.model.layers[int(layer)].mlp.experts
+    def experts(self, layer: str) -> QuantizedMixtralExperts | CpuQuantizedExperts:
+        module: QuantizedMixtralExperts | CpuQuantizedExperts
+        module = self.model.model.layers[int(layer)].mlp.experts
         return module
 
     def feed(self, handle: Any, key: str) -> None:
@@ -169,6 +180,9 @@ class _Stream:
                 experts.set_expert(proj, e, whole[e : e + 1][0])
         elif match := _ATTENTION_KEY.match(name):
             module = getattr(self.model.model.layers[int(match[1])].self_attn, match[2])
+            if isinstance(module, CpuQuantizedLinear):
+                module.set_weight(handle.get_tensor(key))
+                return
             device = self.placement.device_of(name)
             set_quantized_linear(module, handle.get_tensor(key), self.mode, self.dtype, device)
         else:
@@ -193,12 +207,15 @@ def load_quantized_mixtral(
     double_quant: bool = True,
     progress: ProgressCallback | None = None,
     attention: str = "sdpa",
+    cpu_kernels: bool = True,
 ) -> Any:
     """Load a Mixtral checkpoint with every expert and attention projection quantized.
 
-    ``mode`` is ``'4bit'`` (NF4, double quant unless ``double_quant=False``) or ``'8bit'``
-    (LLM.int8). Weights stream shard by shard, one tensor at a time, onto ``device`` (or the
-    devices a ``Placement`` names); ``progress('weights', done, total)`` counts tensors.
+    ``mode`` is ``'4bit'`` or ``'8bit'``. On a GPU: bitsandbytes NF4 (double quant unless
+    ``double_quant=False``) or LLM.int8. On the CPU: PyTorch's weight-only int4 / int8
+    kernels (``cpu_kernels.py``), or bitsandbytes there too with ``cpu_kernels=False``.
+    Weights stream shard by shard, one tensor at a time, onto ``device`` (or the devices a
+    ``Placement`` names); ``progress('weights', done, total)`` counts tensors.
     Raises ``EngineError`` when bitsandbytes cannot run on a device or the checkpoint is
     incomplete.
     """
@@ -214,7 +231,10 @@ def load_quantized_mixtral(
         else Placement.single(str(torch.device(device)), config.num_hidden_layers)
     )
     for name in placement.devices:
-        check_device_support(mode, torch.device(name))
+        if cpu_kernels and torch.device(name).type == "cpu":
+            check_kernels()
+        else:
+            check_device_support(mode, torch.device(name))
     shards = _shard_files(model_dir)
     if not shards:
         raise EngineError(f"{model_dir}: no model weights (*.safetensors) found")
@@ -223,7 +243,9 @@ def load_quantized_mixtral(
         with safe_open(str(shard), framework="pt", device="cpu") as handle:
             total += len(handle.keys())
 
-    model = quantized_skeleton(config, mode, compute_dtype, placement, double_quant, attention)
+    model = quantized_skeleton(
+        config, mode, compute_dtype, placement, double_quant, attention, cpu_kernels
+    )
     stream = _Stream(model, mode, compute_dtype, placement)
     step, last = max(1, total // 100), 0
     if progress is not None:
