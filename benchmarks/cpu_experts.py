@@ -106,7 +106,7 @@ def projection_ms(hidden: int, intermediate: int, reps: int) -> dict[str, float]
         "int4": lambda: packed_matmul(x.to(KERNEL_DTYPE), *packs["4bit"]),
     }
     try:
-        from mixchat.engine.quant import QUANT_TYPE, import_bnb
+        from mixchat.engine.local.bnb_experts import QUANT_TYPE, import_bnb
 
         bnb = import_bnb()
         packed, state = bnb.functional.quantize_4bit(

@@ -43,6 +43,13 @@ MaxMemOpt = Annotated[
     str | None,
     typer.Option("--max-memory", help="Per-device limits for auto placement: 0=70GiB,1=70GiB."),
 ]
+CpuExpertsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cpu-experts",
+        help="4bit/8bit Mixtral: keep the experts of N layers (or auto, or 24-31) in system RAM.",
+    ),
+]
 RemoteOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Run code shipped with the model.")
 ]
@@ -74,6 +81,7 @@ def model_flags(
     trust_remote_code: bool = False,
     endpoint: str | None = None,
     max_memory: str | None = None,
+    cpu_experts: str | None = None,
 ) -> dict[str, Any]:
     """Flags as config keys; unset flags are ``None`` and do not override the config."""
     if four_bit and eight_bit:
@@ -95,6 +103,7 @@ def model_flags(
         "trust_remote_code": True if trust_remote_code else None,
         "endpoint": endpoint,
         "max_memory": max_memory,
+        "cpu_experts": cpu_experts,
     }
 
 
@@ -122,6 +131,7 @@ def main_callback(
     flash_attn: FlashOpt = False,
     device_map: DeviceOpt = None,
     max_memory: MaxMemOpt = None,
+    cpu_experts: CpuExpertsOpt = None,
     trust_remote_code: RemoteOpt = False,
     endpoint: EndpointOpt = None,
     resume: Annotated[
@@ -161,6 +171,7 @@ def ask(
     flash_attn: FlashOpt = False,
     device_map: DeviceOpt = None,
     max_memory: MaxMemOpt = None,
+    cpu_experts: CpuExpertsOpt = None,
     trust_remote_code: RemoteOpt = False,
     endpoint: EndpointOpt = None,
     continue_last: Annotated[
@@ -286,13 +297,34 @@ def doctor(
     model: ModelOpt = None,
     four_bit: Q4Opt = False,
     eight_bit: Q8Opt = False,
+    cpu_experts: CpuExpertsOpt = None,
+    assume_gpu: Annotated[
+        list[str] | None,
+        typer.Option("--assume-gpu", help="Plan for a GPU of this size (24GiB); repeatable."),
+    ] = None,
+    assume_ram: Annotated[
+        str | None, typer.Option("--assume-ram", help="Plan for this much system RAM (64GiB).")
+    ] = None,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Time this machine's bandwidths for the estimate.")
+    ] = False,
+    assume_gpu_bandwidth: Annotated[
+        str | None, typer.Option("--assume-gpu-bandwidth", help="GPU memory bandwidth: 936GB/s.")
+    ] = None,
+    assume_cpu_bandwidth: Annotated[
+        str | None,
+        typer.Option("--assume-cpu-bandwidth", help="Weights the CPU experts read per s: 16GB/s."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check Python, torch, CUDA, GPUs, bitsandbytes, flash-attn, and whether the model fits."""
+    """Check Python, torch, CUDA, GPUs, RAM, the kernels, and how the model would be placed."""
     from mixchat.commands.doctor import run_doctor
 
-    flags = model_flags(model=model, four_bit=four_bit, eight_bit=eight_bit)
-    run_doctor(flags, as_json)
+    flags = model_flags(
+        model=model, four_bit=four_bit, eight_bit=eight_bit, cpu_experts=cpu_experts
+    )
+    bandwidths = (assume_gpu_bandwidth, assume_cpu_bandwidth)
+    run_doctor(flags, as_json, assume_gpu, assume_ram, measure, bandwidths)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ class Settings:
     attention: str = "auto"
     device_map: str = "auto"
     max_memory: str = ""
+    cpu_experts: str = ""
     trust_remote_code: bool = False
     system_prompt: str | None = None
     temperature: float = 0.7
@@ -118,18 +119,22 @@ def _integer(
 
 
 _MEMORY_ITEM = re.compile(r"^(cpu|\d+)=(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB)$", re.IGNORECASE)
+_MEMORY_UNITS = {"gib": 1024**3, "gb": 10**9, "mib": 1024**2, "mb": 10**6}
 
 
-def parse_max_memory(value: str) -> dict[int | str, str]:
-    """``"0=70GiB,1=70GiB,cpu=200GiB"`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``."""
-    limits: dict[int | str, str] = {}
+def parse_max_memory(value: str) -> dict[int | str, int]:
+    """``"0=70GiB,1=70GiB,cpu=200GB"`` -> bytes by device: ``{0: 70 GiB, 1: ..., "cpu": ...}``.
+
+    The one reader of ``--max-memory``: config validation, the stock loader (accelerate
+    takes bytes) and the quantized placement all use it."""
+    limits: dict[int | str, int] = {}
     for item in value.split(","):
         match = _MEMORY_ITEM.match(item.strip())
         if match is None:
             raise ValueError("must look like 0=70GiB,1=70GiB,cpu=200GiB")
         device, amount, unit = match.groups()
         key: int | str = int(device) if device.isdigit() else "cpu"
-        limits[key] = f"{amount}{unit}"
+        limits[key] = int(float(amount) * _MEMORY_UNITS[unit.lower()])
     return limits
 
 
@@ -139,6 +144,20 @@ def _max_memory(value: Any) -> str:
     if value.strip():
         parse_max_memory(value)
     return value.strip()
+
+
+_CPU_EXPERTS = re.compile(r"^(auto|\d+|\d+-\d+(,\s*\d+(-\d+)?)*|\d+(,\s*\d+(-\d+)?)+)$")
+
+
+def _cpu_experts(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a number of layers, auto, or layers like 24-31")
+    text = value.strip().lower()
+    if text and not _CPU_EXPERTS.match(text):
+        raise ValueError("must be a number of layers, auto, or layers like 24-31 or 0,2,5-7")
+    return text
 
 
 def _endpoint(value: Any) -> str:
@@ -194,6 +213,12 @@ FIELDS: dict[str, Field] = {
             "max_memory",
             "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB",
             _max_memory,
+        ),
+        Field(
+            "cpu_experts",
+            "4bit/8bit Mixtral: layers whose experts stay in system RAM, computed on the CPU: "
+            "N (the last N), auto (as few as fit), or layers like 24-31; empty: none",
+            _cpu_experts,
         ),
         Field("trust_remote_code", "run code shipped with the model (off by default)", _boolean),
         Field("system_prompt", "system prompt for new conversations", _optional_text),

@@ -134,12 +134,10 @@ class TransformersEngine:
     def _load_job(self, emit: Callable[[Any], None]) -> None:
         if self._model is not None:
             return
-        from mixchat.engine.loader import load_model
+        from mixchat.engine.local.loader import load_model
         from mixchat.engine.resolve import resolve_model_dir
 
-        def progress(stage: str, done: int, total: int) -> None:
-            emit(LoadProgress(stage, done, total))
-
+        progress = emit  # loaders report LoadProgress events themselves
         emit(LoadProgress("resolve", 0, 1, self.settings.model))
         self._model_dir = resolve_model_dir(self.settings.model, progress)
         emit(LoadProgress("tokenizer", 0, 1))

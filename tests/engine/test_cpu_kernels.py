@@ -22,7 +22,7 @@ from mixchat.engine.local.cpu_kernels import (
     quantize_int4,
     unpack_int4,
 )
-from mixchat.engine.quant_load import load_quantized_mixtral
+from mixchat.engine.local.quantized import load_quantized_mixtral
 from tests.engine.test_quant import build_mixtral_checkpoint
 
 SHAPE = {"vocab": 512, "hidden": 128, "intermediate": 256, "layers": 2, "experts": 4}

@@ -23,10 +23,10 @@ import torch
 
 from mixchat.config import Settings
 from mixchat.engine.base import EngineError
-from mixchat.engine.loader import load_model, weight_bytes
+from mixchat.engine.local.bnb_experts import QuantizedMixtralExperts
 from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear
-from mixchat.engine.quant import QuantizedMixtralExperts
-from mixchat.engine.quant_load import load_quantized_mixtral
+from mixchat.engine.local.loader import load_model, weight_bytes
+from mixchat.engine.local.quantized import load_quantized_mixtral
 from tests.e2e.helpers import run
 
 RATIO_SHAPE = {"vocab": 1024, "hidden": 256, "intermediate": 896, "layers": 4, "experts": 8}
@@ -309,7 +309,7 @@ def test_a_missing_expert_weight_is_a_one_line_error(ratio_model: Path, tmp_path
 
 
 def test_bitsandbytes_unusable_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mixchat.engine import quant
+    from mixchat.engine.local import bnb_experts as quant
 
     def broken() -> Any:
         raise RuntimeError("no native library for this platform\nmore detail")
@@ -327,7 +327,7 @@ def test_load_model_takes_the_quantized_path_for_mixtral(tiny_model: Path) -> No
     loaded = load_model(
         tiny_model,
         Settings(model=str(tiny_model), quantization="4bit"),
-        lambda stage, done, total: reports.append((stage, done, total)),
+        lambda event: reports.append((event.stage, event.done, event.total)),
         emit_notice=lambda message: None,
     )
     assert loaded.quantization == "4bit" and loaded.device == "cpu"
@@ -358,7 +358,7 @@ def test_double_quantization_is_a_setting(
     assert weight_bytes(single) > weight_bytes(double)
 
     # ... and the setting reaches the quantized loader.
-    from mixchat.engine import quant_load
+    from mixchat.engine.local import quantized
 
     seen: list[bool] = []
 
@@ -366,7 +366,7 @@ def test_double_quantization_is_a_setting(
         seen.append(kwargs["double_quant"])
         return torch.nn.Linear(1, 1)
 
-    monkeypatch.setattr(quant_load, "load_quantized_mixtral", stand_in)
+    monkeypatch.setattr(quantized, "load_quantized_mixtral", stand_in)
     for flag in (True, False):
         settings = Settings(model=str(ratio_model), quantization="4bit", double_quant=flag)
         load_model(ratio_model, settings, lambda *_: None, emit_notice=lambda _: None)
@@ -391,9 +391,9 @@ def test_ask_quantized_end_to_end_on_cpu(tiny_model: Path, flag: str) -> None:
 PEAK_PROBE = """
 import gc, json, sys, torch
 from pathlib import Path
-from mixchat.engine.loader import weight_bytes
-from mixchat.engine.quant import check_device_support
-from mixchat.engine.quant_load import load_quantized_mixtral
+from mixchat.engine.local.loader import weight_bytes
+from mixchat.engine.local.bnb_experts import check_device_support
+from mixchat.engine.local.quantized import load_quantized_mixtral
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
 import transformers.models.mixtral.modeling_mixtral, accelerate, safetensors
 

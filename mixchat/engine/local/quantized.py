@@ -12,9 +12,7 @@ spread over several devices gets accelerate's hooks, which move activations betw
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,7 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
-from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear, check_kernels
-from mixchat.engine.placement import Placement
-from mixchat.engine.quant import (
+from mixchat.engine.local.bnb_experts import (
     ATTENTION,
     BLOCKSIZE,
     INT8_THRESHOLD,
@@ -33,21 +29,14 @@ from mixchat.engine.quant import (
     check_device_support,
     import_bnb,
 )
-
-ProgressCallback = Callable[[str, int, int], None]
+from mixchat.engine.local.checkpoint import iter_tensors, shard_files
+from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear, check_kernels
+from mixchat.engine.local.placement import Placement
+from mixchat.engine.local.progress import ProgressCallback
 
 _EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(w[123])\.weight$")
 _FUSED_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 _ATTENTION_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj)\.weight$")
-
-
-def _shard_files(model_dir: Path) -> list[Path]:
-    """The checkpoint's shards: those the index names, else every ``*.safetensors``."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    return sorted(model_dir.glob("*.safetensors"))
 
 
 def quantized_skeleton(
@@ -74,7 +63,7 @@ def quantized_skeleton(
         )
     for index, layer in enumerate(model.model.layers):
         on_cpu = cpu_kernels and torch.device(placement.layers[index]).type == "cpu"
-        if on_cpu:
+        if on_cpu or index in placement.cpu_experts:
             layer.mlp.experts = CpuQuantizedExperts(config, mode)
         else:
             layer.mlp.experts = QuantizedMixtralExperts(
@@ -190,15 +179,6 @@ class _Stream:
             set_plain_parameter(self.model, name, handle.get_tensor(key), self.dtype, device)
 
 
-def _iter_keys(shards: list[Path]) -> Iterator[tuple[Any, str]]:
-    from safetensors import safe_open
-
-    for shard in shards:
-        with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                yield handle, key
-
-
 def load_quantized_mixtral(
     model_dir: Path,
     mode: str,
@@ -219,7 +199,6 @@ def load_quantized_mixtral(
     Raises ``EngineError`` when bitsandbytes cannot run on a device or the checkpoint is
     incomplete.
     """
-    from safetensors import safe_open
     from transformers import AutoConfig, GenerationConfig
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -235,26 +214,18 @@ def load_quantized_mixtral(
             check_kernels()
         else:
             check_device_support(mode, torch.device(name))
-    shards = _shard_files(model_dir)
+    if placement.cpu_experts:
+        check_kernels()
+    shards = shard_files(model_dir)
     if not shards:
         raise EngineError(f"{model_dir}: no model weights (*.safetensors) found")
-    total = 0
-    for shard in shards:
-        with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            total += len(handle.keys())
 
     model = quantized_skeleton(
         config, mode, compute_dtype, placement, double_quant, attention, cpu_kernels
     )
     stream = _Stream(model, mode, compute_dtype, placement)
-    step, last = max(1, total // 100), 0
-    if progress is not None:
-        progress("weights", 0, total)
-    for done, (handle, key) in enumerate(_iter_keys(shards), start=1):
+    for handle, key in iter_tensors(shards, progress):
         stream.feed(handle, key)
-        if progress is not None and (done - last >= step or done == total):
-            last = done
-            progress("weights", done, total)
     lacking = [f"layer {layer} expert {e} w1/w3" for (layer, e) in stream.pending]
     model = finish_quantized_mixtral(model, placement, lacking, source=str(model_dir))
     if (model_dir / "generation_config.json").is_file():
@@ -285,6 +256,22 @@ def finish_quantized_mixtral(
     return model
 
 
+def _hold_cpu_experts(model: Any, placement: Placement) -> dict[int, nn.Module]:
+    """Take the CPU experts out of their layers (accelerate's hooks would move every tensor
+    under a layer onto the layer's GPU); ``_put_back`` returns them after."""
+    held = {}
+    for index in placement.cpu_experts:
+        mlp = model.model.layers[index].mlp
+        held[index] = mlp.experts
+        mlp.experts = nn.Module()
+    return held
+
+
+def _put_back(model: Any, held: dict[int, nn.Module]) -> None:
+    for index, experts in held.items():
+        model.model.layers[index].mlp.experts = experts
+
+
 def place_buffers(model: Any, placement: Placement) -> None:
     """Move buffers built on the CPU (rotary frequencies are computed, not loaded) to the
     device their module runs on."""
@@ -301,9 +288,13 @@ def dispatch(model: Any, placement: Placement, force_hooks: bool = False) -> Non
     (``force_hooks`` attaches them even when there is only one device)."""
     from accelerate import dispatch_model
 
-    dispatch_model(
-        model,
-        device_map=placement.device_map(),
-        main_device=placement.first,
-        force_hooks=force_hooks,
-    )
+    held = _hold_cpu_experts(model, placement)
+    try:
+        dispatch_model(
+            model,
+            device_map=placement.device_map(),
+            main_device=placement.first,
+            force_hooks=force_hooks,
+        )
+    finally:
+        _put_back(model, held)
