@@ -48,6 +48,7 @@ class _TqdmStandIn:
         self.n = 0
         if reporter.done == 0 and reporter.total < self.total:
             reporter.total = self.total  # the first bar sizes the stage
+            reporter.start(f"tensor 0/{self.total}{suffix}")
 
     def __iter__(self) -> Any:
         for item in self._iterable:
