@@ -120,6 +120,29 @@ def test_the_loader_plans_experts_in_ram_from_the_settings(checkpoint: Path) -> 
     assert any("--cpu-experts" in n for n in notices)
 
 
+def test_without_max_memory_the_gpus_free_memory_comes_from_the_probe(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mixchat.engine.local import hardware
+
+    def probe(measure: bool = False) -> hardware.Machine:  # one 3 MiB GPU, all free
+        return hardware.assumed([3 * 2**20 + 1 * GIB], 64 * GIB)  # + the reserve
+
+    monkeypatch.setattr(hardware, "probe", probe)
+    monkeypatch.setattr(hardware, "available_ram", lambda: 64 * GIB)
+    notices: list[str] = []
+    for chosen_map in ("auto", {"": "cuda:0"}):
+        settings = Settings(model=str(checkpoint), quantization="8bit", cpu_experts="auto")
+        placement = quantized_placement(
+            checkpoint, settings, "bfloat16", chosen_map, notices.append
+        )
+        assert placement.cpu_experts and placement.cpu_experts[-1] == 3
+        assert placement.layers == ("cuda:0",) * 4
+    settings = Settings(model=str(checkpoint), quantization="8bit")
+    assert quantized_placement(checkpoint, settings, "bfloat16", "auto", notices.append) == "cuda:0"
+    assert not notices
+
+
 def _with_transformers_experts(model: Any, layers: tuple[int, ...]) -> Any:
     """``model`` with the CPU experts of ``layers`` replaced by transformers' own experts
     holding the same (dequantized) weights."""

@@ -132,20 +132,15 @@ def quantized_placement(
     if isinstance(chosen_map, dict) and not request:
         return str(chosen_map[""])
     if isinstance(chosen_map, dict):
-        budgets = _free_gpu_budgets([str(chosen_map[""])], budgets_from_free_memory)
+        budgets = budgets_from_free_memory(_free_gpu_memory([str(chosen_map[""])]))
     elif limits:
         budgets = limits
     else:
-        import torch
-
-        count = torch.cuda.device_count()
-        if count <= 1 and not request:
+        free = _free_gpu_memory(None)
+        if len(free) <= 1 and not request:
             return "cuda:0"
-        gpus = [f"cuda:{i}" for i in range(count)]
-        budgets = _free_gpu_budgets(gpus, budgets_from_free_memory)
-    import torch
-
-    bytes_per_value = torch.finfo(getattr(torch, dtype)).bits // 8
+        budgets = budgets_from_free_memory(free)
+    bytes_per_value = {"float32": 4, "float64": 8}.get(dtype, 2)
     sizes = mixtral_sizes(config, settings.quantization, bytes_per_value, settings.double_quant)
     if not request:
         return plan_placement(sizes, num_layers, budgets)
@@ -157,9 +152,12 @@ def quantized_placement(
     return plan_cpu_experts(sizes, num_layers, budgets, ram, request)
 
 
-def _free_gpu_budgets(
-    devices: list[str], from_free: Callable[[dict[str, int]], dict[str, int]]
-) -> dict[str, int]:
-    import torch
+def _free_gpu_memory(devices: list[str] | None) -> dict[str, int]:
+    """Free bytes of ``devices`` (all GPUs when ``None``), from the hardware probe."""
+    from mixchat.engine.local.hardware import probe
 
-    return from_free({d: torch.cuda.mem_get_info(torch.device(d))[0] for d in devices})
+    free = {f"cuda:{g.index}": g.free_bytes for g in probe().gpus}
+    if devices is None:
+        return free
+    named = {d: f"cuda:{d.partition(':')[2] or 0}" for d in devices}
+    return {device: free.get(key, 0) for device, key in named.items()}

@@ -2,12 +2,15 @@
 
 The model is built on the meta device; each layer's experts are replaced by
 ``QuantizedMixtralExperts`` and its attention projections by bitsandbytes' ``Linear4bit`` /
-``Linear8bitLt``. The checkpoint then streams from its safetensors shards one tensor at a
-time, each weight quantized as soon as it is read and put straight onto the device its layer
-lives on (``Placement``), so peak memory stays near the quantized size. Embeddings, norms,
-the router and ``lm_head`` stay in ``compute_dtype``, as with stock bitsandbytes. A model
-spread over several devices gets accelerate's hooks, which move activations between them
-(transformers does the same for its own multi-GPU bitsandbytes models).
+``Linear8bitLt`` (on a GPU), or by the CPU kernels' ``CpuQuantizedExperts`` /
+``CpuQuantizedLinear`` for layers placed on the CPU; layers the ``Placement`` names in
+``cpu_experts`` keep attention on their GPU and their experts in system RAM. The checkpoint
+then streams from its safetensors shards one tensor at a time, each weight quantized as soon
+as it is read and put straight onto the device its layer lives on (``Placement``), so peak
+memory stays near the quantized size. Embeddings, norms, the router and ``lm_head`` stay in
+``compute_dtype``, as with stock bitsandbytes. A model spread over several GPUs gets
+accelerate's hooks, which move activations between them (transformers does the same for its
+own multi-GPU bitsandbytes models); CPU experts move their own inputs and outputs.
 """
 
 from __future__ import annotations
