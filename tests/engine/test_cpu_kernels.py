@@ -17,12 +17,11 @@ from mixchat.engine.local import cpu_kernels
 from mixchat.engine.local.cpu_kernels import (
     CpuQuantizedExperts,
     CpuQuantizedLinear,
-    int4_group,
-    packed_bytes,
     quantize_int4,
     unpack_int4,
 )
 from mixchat.engine.local.quantized import load_quantized_mixtral
+from mixchat.engine.local.sizes import MIXTRAL_8X7B, cpu_packed_bytes, int4_group, mixtral_sizes
 from tests.engine.test_quant import build_mixtral_checkpoint
 
 SHAPE = {"vocab": 512, "hidden": 128, "intermediate": 256, "layers": 2, "experts": 4}
@@ -41,7 +40,7 @@ def test_int4_packs_groups_of_up_to_128_and_falls_back_to_int8_where_it_cannot_p
     linear = CpuQuantizedLinear(64, 8, "4bit")
     linear.set_weight(weight)
     assert linear.weight_packed is not None and linear.weight_packed.dtype == torch.int8
-    assert packed_bytes("4bit", 8, 64) == 8 * 64 + 8 * 2
+    assert cpu_packed_bytes("4bit", 8, 64) == 8 * 64 + 8 * 2
 
 
 def test_int4_round_trip_is_the_min_max_grid() -> None:
@@ -176,3 +175,17 @@ def test_a_cpu_load_equals_transformers_experts_on_the_same_weights(
         a = model.generate(ids[:1], max_new_tokens=12, do_sample=False, pad_token_id=0)
         b = reference.generate(ids[:1], max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["4bit", "8bit"])
+def test_the_size_estimate_is_what_the_experts_store(mode: str) -> None:
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(hidden_size=128, intermediate_size=256, num_local_experts=4)
+    quant, _ = _experts(mode, hidden=128, intermediate=256)
+    stored = sum(b.numel() * b.element_size() for b in quant.buffers())
+    assert stored == mixtral_sizes(config, mode, 2, True).cpu_experts
+    # Mixtral-8x7B: 704 MB a layer in NF4 on a GPU, ~748 MB packed for the CPU (int4, a bf16
+    # scale and zero per 128 weights); int8 1.41 GB.
+    sizes = mixtral_sizes(MIXTRAL_8X7B, mode, 2, True)
+    assert sizes.cpu_experts == (748_683_264 if mode == "4bit" else 1_409_810_432)

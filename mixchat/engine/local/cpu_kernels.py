@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
+from mixchat.engine.local.sizes import int4_group  # the group sizes, shared with the estimator
 
 KERNEL_DTYPE = torch.bfloat16  # activations and scales as the kernels take them
-INT4_GROUPS = (128, 64, 32)  # preferred group sizes along the input dimension
-INT4_ROWS = 16  # the int4 packer needs output rows in multiples of 16
 PROJECTIONS = ("gate_up", "down")
 
 
@@ -47,14 +46,6 @@ def check_kernels() -> None:
             f"quantized CPU compute needs torch >= 2.6 (this torch {torch.__version__} "
             f"lacks {missing[0]})"
         )
-
-
-def int4_group(out_features: int, in_features: int) -> int | None:
-    """The int4 group size for an ``[out, in]`` weight, or ``None`` when int4 cannot pack it
-    (it is then stored as int8)."""
-    if out_features % INT4_ROWS:
-        return None
-    return next((g for g in INT4_GROUPS if in_features % g == 0), None)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,14 +117,6 @@ def unpack_weight(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     if scales.dim() == 3:
         return unpack_int4(packed, scales)
     return packed.to(torch.float32) * scales.to(torch.float32)[:, None]
-
-
-def packed_bytes(mode: str, out_features: int, in_features: int) -> int:
-    """Bytes one ``[out, in]`` weight occupies in this module's format (weights + scales)."""
-    group = int4_group(out_features, in_features) if mode == "4bit" else None
-    if group:
-        return out_features * in_features // 2 + (in_features // group) * out_features * 2 * 2
-    return out_features * in_features + out_features * 2
 
 
 class CpuQuantizedLinear(nn.Module):
