@@ -1,20 +1,21 @@
 """Decode speed of Mixtral-width experts computed on the CPU: int8 / int4 weight-only kernels
 (``mixchat.engine.local.cpu_kernels``) against bf16 and fp32 experts, same machine, same run.
 
-A random-weight Mixtral with Mixtral-8x7B's layer shape (hidden 4096, experts 14336 wide,
-8 experts, top-2, 32 query / 8 KV heads), ``--layers`` decoder layers and a small vocabulary
+A random-weight Mixtral with Mixtral-8x7B's layer shape (hidden 4096, experts 14336 wide, 8
+experts, top-2, 32 query / 8 KV heads), ``--layers`` decoder layers and a small vocabulary
 (so the embedding and LM head do not hide the layers). The model is built once in bf16; the
 variants swap each layer's experts module: transformers' own ``MixtralExperts`` in bf16 (its
 default experts implementation), mixchat's ``CpuQuantizedExperts`` in int8 and int4 (made
-from the same bf16 weights), and an fp32 copy of the whole model. Attention and everything
-else stay bf16 (fp32 in the fp32 copy). Each repetition runs every variant once, in turn
-(interleaved, so load on a shared machine hits all alike): a greedy prefill of ``--prompt``
-tokens, then ``--tokens`` decode steps through the KV cache, timed. Medians are reported,
-with one projection (14336 x 4096, one token) per kernel for reference, bitsandbytes' NF4
-included. Prints one JSON object.
+from the same bf16 weights), and with ``--fp32`` an fp32 copy of the whole model. Attention
+and everything else stay bf16 (fp32 in the fp32 copy). Each repetition runs every variant
+once, in turn (interleaved, so load on a shared machine hits all alike): a greedy prefill of
+``--prompt`` tokens, then ``--tokens`` decode steps through the KV cache, timed. Medians are
+reported, with one projection (14336 x 4096, one token) per kernel for reference,
+bitsandbytes' NF4 included. Prints one JSON object.
 
-    python benchmarks/cpu_experts.py                 # 1 layer, ~11 GB of RAM with fp32
-    python benchmarks/cpu_experts.py --layers 2 --no-fp32
+    python benchmarks/cpu_experts.py                 # 1 layer, ~5.5 GB of RAM
+    python benchmarks/cpu_experts.py --fp32          # and an fp32 copy: ~11 GB
+    python benchmarks/cpu_experts.py --layers 2
     python benchmarks/cpu_experts.py --small         # a quick check that it runs
 """
 
@@ -148,7 +149,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     parser.add_argument("--tokens", type=int, default=16, help="decode steps per repetition")
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 copy (RAM)")
+    parser.add_argument("--fp32", action="store_true", help="also an fp32 copy (~6 GB a layer)")
     parser.add_argument("--small", action="store_true", help="a tiny shape, to check it runs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = parser.parse_args()
@@ -165,11 +166,11 @@ def main() -> None:
     }
     plain = [layer.mlp.experts for layer in model.model.layers]
     expert_bytes = sum(t.numel() * t.element_size() for m in plain for t in m.parameters())
-    if not args.no_fp32:
+    if args.fp32:
         fp32_bytes = 2 * expert_bytes + 2 * sum(p.numel() for p in model.parameters())
         room = available_ram()
         if room is not None and room < fp32_bytes + (1 << 30):
-            args.no_fp32 = True
+            args.fp32 = False
             print(json.dumps({"note": f"fp32 skipped: needs {fp32_bytes >> 20} MiB"}))
         else:
             variants["fp32"] = copy.deepcopy(model).float()
@@ -185,7 +186,7 @@ def main() -> None:
     prompt = torch.randint(
         0, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(2)
     )
-    names = ["bf16", "int8", "int4"] + ([] if args.no_fp32 else ["fp32"])
+    names = ["bf16", "int8", "int4"] + (["fp32"] if args.fp32 else [])
     decode_tps: dict[str, list[float]] = {n: [] for n in names}
     prefill_s: dict[str, list[float]] = {n: [] for n in names}
     for name in names:  # warm-up
