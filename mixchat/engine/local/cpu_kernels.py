@@ -1,10 +1,11 @@
 """Quantized weights computed on the CPU with PyTorch's weight-only kernels (issue 14).
 
-bitsandbytes' CPU 4-bit path dequantizes and multiplies in Python-level steps: one
-Mixtral-sized expert projection (14336 x 4096) takes ~390 ms in NF4 against ~50 ms in bf16.
-PyTorch ships fused weight-only kernels for the CPU that read the small integers directly
-(``aten._weight_int8pack_mm``: int8, one scale per output row; ``aten._weight_int4pack_mm_for_cpu``:
-unsigned 4-bit in groups along the input, a bf16 scale and zero per group). They run on
+bitsandbytes' CPU 4-bit path is slow: one Mixtral-sized expert projection (14336 x 4096, one
+token) takes ~16x as long in NF4 as in bf16 (benchmarks/cpu_experts.py). PyTorch ships fused
+weight-only kernels for the CPU that read the small integers directly
+(``aten._weight_int8pack_mm``: int8, one scale per output row;
+``aten._weight_int4pack_mm_for_cpu``: unsigned 4-bit in groups along the input, a bf16 scale
+and zero per group). They run on
 torch's intra-op thread pool, so all cores work on one matrix. Activations go in and come
 out as bf16: these kernels are fastest there (fp32 or fp16 activations are 5-10x slower).
 
