@@ -189,3 +189,20 @@ def test_the_size_estimate_is_what_the_experts_store(mode: str) -> None:
     # scale and zero per 128 weights); int8 1.41 GB.
     sizes = mixtral_sizes(MIXTRAL_8X7B, mode, 2, True)
     assert sizes.cpu_experts == (748_683_264 if mode == "4bit" else 1_409_810_432)
+
+
+def test_a_missing_attention_weight_is_a_one_line_error(checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mixchat.engine.base import EngineError
+
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in checkpoint.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as handle:
+            tensors.update({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+    del tensors["model.layers.1.self_attn.k_proj.weight"]
+    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(EngineError, match=r"lacks model\.layers\.1\.self_attn\.k_proj\.weight"):
+        load_quantized_mixtral(tmp_path, "4bit", torch.float32, "cpu")

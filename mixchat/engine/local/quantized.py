@@ -248,6 +248,11 @@ def finish_quantized_mixtral(
     for i, layer in enumerate(model.model.layers):
         lacking += [f"layer {i} experts {m}" for m in layer.mlp.experts.missing()]
     lacking += [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    lacking += [
+        f"{n}.weight"
+        for n, m in model.named_modules()
+        if isinstance(m, CpuQuantizedLinear) and m.weight_packed is None
+    ]
     if lacking:
         more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
         raise EngineError(f"{source}: the checkpoint lacks {lacking[0]}{more}")
