@@ -228,6 +228,14 @@ def main() -> None:
         },
         "decode_tokens_per_s_median": {n: round(v, 3) for n, v in median.items()},
         "decode_over_bf16": {n: round(v / median["bf16"], 2) for n, v in median.items()},
+        # each repetition's ratio to the bf16 run next to it, then the median: steadier when
+        # the machine's load drifts during the run
+        "decode_over_bf16_paired": {
+            n: round(
+                statistics.median(a / b for a, b in zip(v, decode_tps["bf16"], strict=True)), 2
+            )
+            for n, v in decode_tps.items()
+        },
         "decode_tokens_per_s_all": {n: [round(x, 3) for x in v] for n, v in decode_tps.items()},
         "prefill_s_median": {n: round(statistics.median(v), 3) for n, v in prefill_s.items()},
         "one_projection_ms_median": projection_ms(args.hidden, args.intermediate, args.reps),
