@@ -1,7 +1,7 @@
 """Quantized weights computed on the CPU with PyTorch's weight-only kernels (issue 14).
 
 bitsandbytes' CPU 4-bit path is slow: one Mixtral-sized expert projection (14336 x 4096, one
-token) takes ~16x as long in NF4 as in bf16 (benchmarks/cpu_experts.py). PyTorch ships fused
+token) takes 13-16x as long in NF4 as in bf16 (benchmarks/cpu_experts.py). PyTorch ships fused
 weight-only kernels for the CPU that read the small integers directly
 (``aten._weight_int8pack_mm``: int8, one scale per output row;
 ``aten._weight_int4pack_mm_for_cpu``: unsigned 4-bit in groups along the input, a bf16 scale
