@@ -6,8 +6,9 @@ created directly on the target device (normal, std 0.02; norms 1), so no checkpo
 host RAM stays small. Modes:
 
 - ``bf16``: transformers' ``MixtralForCausalLM`` in bf16 with SDPA (~87 GiB: an H200).
-- ``nf4``: the model ``mixchat --4bit`` runs, built as ``quant_load.load_quantized_mixtral``
-  builds it: ``quantized_skeleton``, experts through ``QuantizedMixtralExperts.set_expert``,
+- ``nf4``: the model ``mixchat --4bit`` runs, built as
+  ``engine.local.quantized.load_quantized_mixtral`` builds it: ``quantized_skeleton``,
+  experts through ``QuantizedMixtralExperts.set_expert``,
   attention projections through ``set_quantized_linear``, the rest through
   ``set_plain_parameter``, then ``finish_quantized_mixtral`` (~23 GiB: an H100).
 
@@ -54,10 +55,10 @@ import torch
 from mixchat.engine.base import GenerationParams
 from mixchat.engine.generation import GenerateResult, run_generate, sampling_kwargs
 from mixchat.engine.kvcache import PrefixCache
-from mixchat.engine.loader import choose_dtype, weight_bytes
-from mixchat.engine.placement import Placement
-from mixchat.engine.quant import ATTENTION, check_device_support, import_bnb
-from mixchat.engine.quant_load import (
+from mixchat.engine.local.bnb_experts import ATTENTION, check_device_support, import_bnb
+from mixchat.engine.local.loader import choose_dtype, weight_bytes
+from mixchat.engine.local.placement import Placement
+from mixchat.engine.local.quantized import (
     finish_quantized_mixtral,
     place_buffers,
     quantized_skeleton,

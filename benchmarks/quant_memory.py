@@ -5,7 +5,8 @@ intermediate 896, 8 experts, 4 layers, vocab 1024: 94.9% of parameters in expert
 8x7B: 96.6%), saves it in bf16 with the hub's key layout, and loads it on CPU as:
 full precision; stock transformers ``load_in_4bit`` / ``load_in_8bit`` (experts untouched,
 bitsandbytes #1849); mixchat ``load_quantized_mixtral`` 4bit (NF4, with and without double
-quant) and 8bit. Bytes are ``mixchat.engine.loader.weight_bytes`` (parameters, buffers and
+quant) and 8bit, with bitsandbytes' kernels as a GPU runs them (``cpu_kernels=False``).
+Bytes are ``mixchat.engine.local.loader.weight_bytes`` (parameters, buffers and
 bitsandbytes' quantization state), unquantized parts in bf16. Closeness compares next-token
 logits (fp32 compute) with the fp32 model on 4 x 64 random tokens: per-position cosine,
 top-1 agreement, relative L2. ``--memory`` adds RSS growth while loading a larger (8-layer)
@@ -28,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from mixchat.engine.loader import weight_bytes
-from mixchat.engine.quant import import_bnb
-from mixchat.engine.quant_load import load_quantized_mixtral
+from mixchat.engine.local.bnb_experts import import_bnb
+from mixchat.engine.local.loader import weight_bytes
+from mixchat.engine.local.quantized import load_quantized_mixtral
 from tests.engine.test_quant import (
     MEMORY_SHAPE,
     RATIO_SHAPE,
@@ -95,13 +96,15 @@ def main() -> None:
             "stock_load_in_4bit": weight_bytes(stock(model_dir, "4bit", torch.bfloat16)),
             "stock_load_in_8bit": weight_bytes(stock(model_dir, "8bit", torch.bfloat16)),
             "mixchat_4bit": weight_bytes(
-                load_quantized_mixtral(model_dir, "4bit", torch.bfloat16, "cpu")
+                load_quantized_mixtral(model_dir, "4bit", torch.bfloat16, "cpu", cpu_kernels=False)
             ),
             "mixchat_4bit_no_double_quant": weight_bytes(
-                load_quantized_mixtral(model_dir, "4bit", torch.bfloat16, "cpu", False)
+                load_quantized_mixtral(
+                    model_dir, "4bit", torch.bfloat16, "cpu", False, cpu_kernels=False
+                )
             ),
             "mixchat_8bit": weight_bytes(
-                load_quantized_mixtral(model_dir, "8bit", torch.bfloat16, "cpu")
+                load_quantized_mixtral(model_dir, "8bit", torch.bfloat16, "cpu", cpu_kernels=False)
             ),
         }
         ids = prompts(RATIO_SHAPE["vocab"])
@@ -114,10 +117,22 @@ def main() -> None:
                 logits(stock(model_dir, "8bit", torch.float32), ids), want
             ),
             "mixchat_4bit": closeness(
-                logits(load_quantized_mixtral(model_dir, "4bit", torch.float32, "cpu"), ids), want
+                logits(
+                    load_quantized_mixtral(
+                        model_dir, "4bit", torch.float32, "cpu", cpu_kernels=False
+                    ),
+                    ids,
+                ),
+                want,
             ),
             "mixchat_8bit": closeness(
-                logits(load_quantized_mixtral(model_dir, "8bit", torch.float32, "cpu"), ids), want
+                logits(
+                    load_quantized_mixtral(
+                        model_dir, "8bit", torch.float32, "cpu", cpu_kernels=False
+                    ),
+                    ids,
+                ),
+                want,
             ),
         }
         report: dict[str, Any] = {

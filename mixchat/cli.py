@@ -220,12 +220,33 @@ def config(as_json: JsonOpt = False) -> None:
 
 @app.command()
 @handle_errors
-@settings_flags(("model", "quantization"))
-def doctor(flags: dict[str, Any], as_json: JsonOpt = False) -> None:
-    """Check Python, torch, CUDA, GPUs, bitsandbytes, flash-attn, and whether the model fits."""
+@settings_flags(("model", "quantization", "cpu_experts"))
+def doctor(
+    flags: dict[str, Any],
+    as_json: JsonOpt = False,
+    assume_gpu: Annotated[
+        list[str] | None,
+        typer.Option("--assume-gpu", help="Plan for a GPU of this size (24GiB); repeatable."),
+    ] = None,
+    assume_ram: Annotated[
+        str | None, typer.Option("--assume-ram", help="Plan for this much system RAM (64GiB).")
+    ] = None,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Time this machine's bandwidths for the estimate.")
+    ] = False,
+    assume_gpu_bandwidth: Annotated[
+        str | None, typer.Option("--assume-gpu-bandwidth", help="GPU memory bandwidth: 936GB/s.")
+    ] = None,
+    assume_cpu_bandwidth: Annotated[
+        str | None,
+        typer.Option("--assume-cpu-bandwidth", help="Weights the CPU experts read per s: 16GB/s."),
+    ] = None,
+) -> None:
+    """Check Python, torch, CUDA, GPUs, RAM, the kernels, and how the model would be placed."""
     from mixchat.commands.doctor import run_doctor
 
-    run_doctor(flags, as_json)
+    bandwidths = (assume_gpu_bandwidth, assume_cpu_bandwidth)
+    run_doctor(flags, as_json, assume_gpu, assume_ram, measure, bandwidths)
 
 
 class _TerminalSafe:

@@ -177,19 +177,25 @@ def _integer(
     return parse
 
 
-_MEMORY_ITEM = re.compile(r"^(cpu|\d+)=(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB)$", re.IGNORECASE)
+_MEMORY_ITEM = re.compile(
+    r"^(cpu|\d+)=(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB)$", re.IGNORECASE | re.ASCII
+)
+_MEMORY_UNITS = {"gib": 1024**3, "gb": 10**9, "mib": 1024**2, "mb": 10**6}
 
 
-def parse_max_memory(value: str) -> dict[int | str, str]:
-    """``"0=70GiB,1=70GiB,cpu=200GiB"`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``."""
-    limits: dict[int | str, str] = {}
+def parse_max_memory(value: str) -> dict[int | str, int]:
+    """``"0=70GiB,1=70GiB,cpu=200GB"`` -> bytes by device: ``{0: 70 GiB, 1: ..., "cpu": ...}``.
+
+    The one reader of ``--max-memory``: config validation, the stock loader (accelerate
+    takes bytes) and the quantized placement all use it."""
+    limits: dict[int | str, int] = {}
     for item in value.split(","):
         match = _MEMORY_ITEM.match(item.strip())
         if match is None:
             raise ValueError("must look like 0=70GiB,1=70GiB,cpu=200GiB")
         device, amount, unit = match.groups()
         key: int | str = int(device) if device.isdigit() else "cpu"
-        limits[key] = f"{amount}{unit}"
+        limits[key] = int(float(amount) * _MEMORY_UNITS[unit.lower()])
     return limits
 
 
@@ -276,6 +282,20 @@ def _device_map(value: Any) -> str:
     return value
 
 
+_CPU_EXPERTS = re.compile(r"^(auto|\d+|\d+-\d+(,\s*\d+(-\d+)?)*|\d+(,\s*\d+(-\d+)?)+)$", re.ASCII)
+
+
+def _cpu_experts(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a number of layers, auto, or layers like 24-31")
+    text = value.strip().lower()
+    if text and not _CPU_EXPERTS.match(text):
+        raise ValueError("must be a number of layers, auto, or layers like 24-31 or 0,2,5-7")
+    return text
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
@@ -339,6 +359,13 @@ class Settings:
     max_memory: str = _option(
         "", "per-device limits for --device-map auto, e.g. 0=70GiB,1=70GiB", _max_memory, L,
         flag="--max-memory", help="Per-device limits for auto placement: 0=70GiB,1=70GiB.",
+    )  # fmt: skip
+    cpu_experts: str = _option(
+        "",
+        "4bit/8bit Mixtral: layers whose experts stay in system RAM, computed on the CPU: "
+        "N (the last N), auto (as few as fit), or layers like 24-31; empty: none",
+        _cpu_experts, L, flag="--cpu-experts",
+        help="4bit/8bit Mixtral: keep the experts of N layers (or auto, or 24-31) in system RAM.",
     )  # fmt: skip
     trust_remote_code: bool = _option(
         False, "run code shipped with the model (off by default)", _boolean, L,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -86,6 +87,16 @@ class _Output:
             self.ended_with_newline = True
 
 
+def progress_line(event: LoadProgress) -> str:
+    """``loading weights 42% (shard 2/19, tensor 410/995, 39.3/93.4 GB)``; the detail may
+    name the model, so it is neutralized."""
+    if event.stage == "resolve":
+        return f"finding {for_terminal(event.detail)}" if event.detail else "finding the model"
+    pct = f" {100 * event.done // event.total}%" if event.total else ""
+    detail = f" ({for_terminal(event.detail)})" if event.detail else ""
+    return f"loading {event.stage}{pct}{detail}"
+
+
 class _LoadBar:
     """Load progress on stderr, only when stderr is a terminal."""
 
@@ -96,8 +107,8 @@ class _LoadBar:
     def show(self, event: LoadProgress) -> None:
         if not self._tty:
             return
-        pct = f" {100 * event.done // event.total}%" if event.total else ""
-        sys.stderr.write(f"\r\x1b[2Kloading {event.stage}{pct}")
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        sys.stderr.write(f"\r\x1b[2K{progress_line(event)[:width]}")
         sys.stderr.flush()
         self._shown = True
 

@@ -1,266 +1,181 @@
-"""``mixchat doctor``: what this machine has, and whether the chosen model fits."""
+"""``mixchat doctor``: renders what the engine's hardware probe, size estimator and placement
+plan report (``mixchat.engine.local.report``). No torch here: the engine imports it."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
-import platform
-import struct
 import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
-from mixchat.config import Settings, load_settings
+from mixchat.config import load_settings
+from mixchat.engine.local.report import Report
 from mixchat.textsafe import for_terminal
 
 GB = 10**9
-# Mixtral-8x7B: 46.7B parameters; KV cache per token = 32 layers x 8 KV heads x 128 dims x
-# (K and V) x 2 bytes = 128 KiB in bf16.
-MIXTRAL_PARAMS = 46_702_792_704
-MIXTRAL_KV_BYTES_PER_TOKEN = 32 * 8 * 128 * 2 * 2
-# Bytes per parameter as stored by mixchat (measured: NF4 with double quant incl. its
-# statistics and the unquantized embeddings/norms/router; int8 with row scales).
-BYTES_PER_PARAM = {"none": 2.0, "8bit": 1.006, "4bit": 0.525}
-OVERHEAD_BYTES = int(1.5 * GB)  # CUDA context, activations, allocator slack
-# Mixtral-8x7B-Instruct-v0.1's config.json, the parts placement needs.
-MIXTRAL_CONFIG: dict[str, Any] = {
-    "model_type": "mixtral",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "num_local_experts": 8,
-    "vocab_size": 32000,
-    "max_position_embeddings": 32768,
-}
 
 
-@dataclass
-class Gpu:
-    """One CUDA device."""
-
-    index: int
-    name: str
-    total_bytes: int
-    free_bytes: int
-    capability: str
-
-
-@dataclass
-class Report:
-    """Everything doctor found."""
-
-    python: str
-    torch: str | None
-    cuda: str | None
-    gpus: list[Gpu] = field(default_factory=list)
-    bitsandbytes: str | None = None
-    bitsandbytes_works: bool = False
-    flash_attn: str | None = None
-    model: str = ""
-    quantization: str = "none"
-    parameters: int | None = None
-    weight_bytes: int | None = None
-    kv_bytes_per_token: int | None = None
-    context_tokens: int = 32768
-    needed_bytes: int | None = None
-    fits: bool | None = None
-    placement: str | None = None  # a quantized Mixtral split over GPUs: which layers where
-    notes: list[str] = field(default_factory=list)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def safetensors_parameters(model_dir: Path) -> int | None:
-    """Count parameters from the safetensors headers (no weights are read)."""
-    total = 0
-    shards = sorted(model_dir.glob("*.safetensors"))
-    if not shards:
-        return None
-    for shard in shards:
-        with shard.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in meta["shape"]:
-                    count *= dim
-                total += count
-    return total
-
-
-def _kv_bytes_per_token(config: dict[str, Any]) -> int | None:
-    try:
-        layers = int(config["num_hidden_layers"])
-        heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
-        head_dim = int(
-            config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-        )
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    return layers * heads * head_dim * 2 * 2
-
-
-def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
-    """Fill in the model's size; returns its config when known."""
-    config: dict[str, Any] | None = None
-    path = Path(settings.model).expanduser()
-    if path.is_dir():
-        try:
-            config = json.loads((path / "config.json").read_text())
-            report.kv_bytes_per_token = _kv_bytes_per_token(config)
-            report.context_tokens = int(config.get("max_position_embeddings") or 32768)
-        except (OSError, ValueError):
-            report.notes.append(f"{path}: no readable config.json")
-        try:
-            report.parameters = safetensors_parameters(path)
-        except (OSError, ValueError, struct.error):
-            report.notes.append(f"{path}: unreadable safetensors header")
-    elif "mixtral-8x7b" in settings.model.lower():
-        report.parameters = MIXTRAL_PARAMS
-        report.kv_bytes_per_token = MIXTRAL_KV_BYTES_PER_TOKEN
-        config = MIXTRAL_CONFIG
-    else:
-        report.notes.append(f"{settings.model}: size unknown until it is downloaded")
-    return config if isinstance(config, dict) else None
-
-
-def quantized_split(
-    config: dict[str, Any], quantization: str, gpus: list[Gpu], double_quant: bool = True
-) -> tuple[bool, str | None]:
-    """Whether a quantized Mixtral fits ``gpus`` as the loader would place it, and where
-    its layers go when it takes more than one (``placement.plan_placement``)."""
-    from types import SimpleNamespace
-
-    from mixchat.engine.base import EngineError
-    from mixchat.engine.placement import budgets_from_free_memory, mixtral_sizes, plan_placement
-
-    shape = SimpleNamespace(**{**MIXTRAL_CONFIG, **config})
-    sizes = mixtral_sizes(shape, quantization, 2, double_quant)
-    budgets = budgets_from_free_memory({f"cuda:{g.index}": g.free_bytes for g in gpus})
-    try:
-        placement = plan_placement(sizes, int(shape.num_hidden_layers), budgets)
-    except EngineError:
-        return False, None
-    return True, placement.describe() if len(placement.devices) > 1 else None
-
-
-def diagnose(settings: Settings) -> Report:
-    """Inspect the machine and estimate the memory the chosen model needs."""
-    report = Report(python=platform.python_version(), torch=_version("torch"), cuda=None)
-    report.model = settings.model
-    report.quantization = settings.quantization
-    if report.torch is not None:
-        import torch
-
-        if torch.cuda.is_available():
-            report.cuda = torch.version.cuda
-            for index in range(torch.cuda.device_count()):
-                free, total = torch.cuda.mem_get_info(index)
-                major, minor = torch.cuda.get_device_capability(index)
-                report.gpus.append(
-                    Gpu(index, torch.cuda.get_device_name(index), total, free, f"{major}.{minor}")
-                )
-    report.bitsandbytes = _version("bitsandbytes")
-    if report.bitsandbytes is not None:
-        report.bitsandbytes_works = _bitsandbytes_works(
-            bool(report.gpus), "8bit" if settings.quantization == "8bit" else "4bit"
-        )
-    report.flash_attn = _version("flash-attn") or _version("flash_attn")
-    config = _model_facts(settings, report)
-    if report.parameters is not None:
-        report.weight_bytes = int(report.parameters * BYTES_PER_PARAM[settings.quantization])
-        kv = (report.kv_bytes_per_token or 0) * report.context_tokens
-        report.needed_bytes = report.weight_bytes + kv + OVERHEAD_BYTES
-        if report.gpus:
-            report.fits = report.needed_bytes <= sum(g.free_bytes for g in report.gpus)
-    split = settings.quantization != "none" and len(report.gpus) > 1
-    if split and config is not None and config.get("model_type") == "mixtral":
-        report.fits, report.placement = quantized_split(config, settings.quantization, report.gpus)
-    return report
-
-
-def _bitsandbytes_works(cuda: bool, quantization: str) -> bool:
-    """The loader's own probe: quantize and multiply with the ops the model will use."""
-    import torch
-
-    from mixchat.engine.base import EngineError
-    from mixchat.engine.quant import check_device_support
-
-    try:
-        check_device_support(quantization, torch.device("cuda" if cuda else "cpu"))
-    except EngineError:
-        return False
-    return True
-
-
-def _gb(value: int | None) -> str:
+def _gb(value: int | float | None) -> str:
     return "?" if value is None else f"{value / GB:.1f} GB"
 
 
 def render(report: Report) -> str:
     """Human-readable report."""
     ok, bad = "ok ", "-- "
+    cuda = report.cuda or "not available (CPU only)"
+    if report.assumed_machine:
+        cuda = "assumed GPUs" if report.gpus else "not available (CPU only, assumed)"
     lines = [
         f"python        {report.python}",
         f"torch         {report.torch or 'not installed'}",
-        f"CUDA          {report.cuda or 'not available (CPU only)'}",
+        f"CUDA          {cuda}",
     ]
     for gpu in report.gpus:
+        sm = f" (sm {gpu.capability})" if gpu.capability else ""
         lines.append(
-            f"GPU {gpu.index}         {gpu.name} (sm {gpu.capability}): "
+            f"GPU {gpu.index}         {gpu.name}{sm}: "
             f"{_gb(gpu.free_bytes)} free of {_gb(gpu.total_bytes)}"
         )
-    bnb = report.bitsandbytes or "not installed"
-    works = (
-        ("works" if report.bitsandbytes_works else "cannot run here") if report.bitsandbytes else ""
-    )
-    lines.append(f"bitsandbytes  {bnb} {works}".rstrip())
-    flash = report.flash_attn or "not installed (pip install 'mixchat[flash]'); SDPA is used"
-    lines.append(f"flash-attn    {flash}")
+    if report.ram_total is not None:
+        lines.append(
+            f"RAM           {_gb(report.ram_available)} available of {_gb(report.ram_total)}"
+        )
+    if not report.assumed_machine:
+        bnb = report.bitsandbytes or "not installed"
+        works = report.bitsandbytes_works
+        state = ("works" if works else "cannot run here") if report.bitsandbytes else ""
+        lines.append(f"bitsandbytes  {bnb} {state}".rstrip())
+        kernels = "available" if report.cpu_kernels else "missing (needs torch >= 2.6)"
+        lines.append(f"CPU kernels   int4/int8 weight-only (torch) {kernels}")
+        flash = report.flash_attn or "not installed (pip install 'mixchat[flash]'); SDPA is used"
+        lines.append(f"flash-attn    {flash}")
     lines.append("")
     lines.append(f"model         {report.model} ({report.quantization})")
     if report.parameters is not None:
-        kv = report.kv_bytes_per_token
         lines.append(f"parameters    {report.parameters / 1e9:.1f}B")
+    if report.weight_bytes is not None:
         lines.append(f"weights       ~{_gb(report.weight_bytes)}")
+        kv = report.kv_bytes_per_token
         if kv:
             lines.append(
                 f"KV cache      {kv // 1024} KiB per token; "
                 f"{_gb(kv * report.context_tokens)} at {report.context_tokens:,} tokens"
             )
-        lines.append(f"needs         ~{_gb(report.needed_bytes)} with overhead")
-    if report.fits is True and report.placement:
+        if report.needed_bytes is not None:
+            lines.append(f"needs         ~{_gb(report.needed_bytes)} with the KV cache")
+    lines += _plan_lines(report)
+    if report.fits is True and report.placement and not report.cpu_expert_layers:
         lines.append(f"{ok}fits split over {report.placement}")
-    elif report.fits is True:
+    elif report.fits is True and report.cpu_expert_layers:
+        count = len(report.cpu_expert_layers)
+        layers = f"{count} layer{'s' if count != 1 else ''}"
+        lines.append(f"{ok}fits with the experts of {layers} in RAM")
+    elif report.fits is True and report.gpus:
         lines.append(f"{ok}fits in the free GPU memory")
     elif report.fits is False:
         lines.append(f"{bad}does not fit in the free GPU memory: try --4bit or more GPUs")
+    elif report.fits_in_ram is True:
+        lines.append(f"{ok}no GPU: fits in RAM, everything runs on the CPU kernels")
+    elif report.fits_in_ram is False:
+        lines.append(f"{bad}no GPU, and it does not fit in the available RAM")
     elif not report.gpus:
         lines.append(f"{bad}no GPU: the full model on CPU is impractically slow")
+    if report.suggestion:
+        lines.append(f"try           {report.suggestion}")
     lines += [f"note: {note}" for note in report.notes]
     lines.append("")
     lines.append(
-        "Mixtral-8x7B: bf16 ~93 GB, --8bit ~49 GB, --4bit (NF4) ~26 GB, "
+        "Mixtral-8x7B: bf16 ~93 GB, --8bit ~47 GB, --4bit (NF4) ~24.5 GB, "
         "plus 128 KiB of KV cache per token"
     )
     return "\n".join(lines)
 
 
-def run_doctor(flags: dict[str, Any], as_json: bool) -> None:
-    """Print the report."""
-    report = diagnose(load_settings(flags))
+def _plan_lines(report: Report) -> list[str]:
+    lines = []
+    if report.placement:
+        lines.append(f"plan          {report.placement}")
+    if report.gpu_needed_bytes is not None:
+        lines.append(f"GPU side      ~{_gb(report.gpu_needed_bytes)} (weights and KV cache)")
+    if report.ram_needed_bytes:
+        what = "experts in RAM" if report.gpus else "the whole model in RAM"
+        lines.append(f"RAM side      ~{_gb(report.ram_needed_bytes)} ({what})")
+    if report.tokens_per_s is not None:
+        rates = []
+        if report.gpus and report.gpu_bandwidth:
+            rates.append(f"GPU {report.gpu_bandwidth / GB:.0f} GB/s {report.gpu_bandwidth_source}")
+        if (report.cpu_expert_layers or not report.gpus) and report.cpu_bandwidth:
+            rates.append(
+                f"CPU experts {report.cpu_bandwidth / GB:.0f} GB/s {report.cpu_bandwidth_source}"
+            )
+        lines.append(
+            f"speed         ~{report.tokens_per_s:.1f} tokens/s at most "
+            f"(weights read per token; {', '.join(rates)})"
+        )
+    return lines
+
+
+def run_doctor(
+    flags: dict[str, Any],
+    as_json: bool,
+    assume_gpu: list[str] | None = None,
+    assume_ram: str | None = None,
+    measure: bool = False,
+    assume_bandwidth: tuple[str | None, str | None] = (None, None),
+) -> None:
+    """Print the report for this machine, or for the one ``--assume-gpu`` / ``--assume-ram``
+    describe."""
+    from mixchat.config import ConfigError
+    from mixchat.engine.base import EngineError
+    from mixchat.engine.local import hardware
+    from mixchat.engine.local.report import diagnose
+
+    settings = load_settings(flags)
+    gpu_rate, cpu_rate = (
+        parse_rate(text, flag) if text else None
+        for text, flag in zip(
+            assume_bandwidth, ("--assume-gpu-bandwidth", "--assume-cpu-bandwidth"), strict=True
+        )
+    )
+    if assume_gpu or assume_ram or gpu_rate or cpu_rate:
+        machine = hardware.assumed(
+            [parse_amount(a, "--assume-gpu") for a in assume_gpu or []],
+            parse_amount(assume_ram, "--assume-ram") if assume_ram else None,
+            gpu_rate,
+            cpu_rate,
+        )
+    else:
+        machine = hardware.probe(measure=measure)
+    try:
+        report = diagnose(settings, machine)
+    except EngineError as exc:  # e.g. --cpu-experts naming a layer the model lacks
+        raise ConfigError(str(exc)) from None
     if as_json:
         print(json.dumps(asdict(report)))
     else:
         text = render(report)  # the model id and notes may hold any text
         print(for_terminal(text) if sys.stdout.isatty() else text)
+
+
+def parse_amount(text: str, flag: str) -> int:
+    """``24GiB`` / ``64GB`` / ``512MiB`` -> bytes; a ``BadInput`` naming ``flag`` otherwise."""
+    from mixchat.config import ConfigError, parse_max_memory
+
+    try:
+        return int(parse_max_memory(f"0={text.strip()}")[0])
+    except ValueError:
+        raise ConfigError(f"{flag}: cannot read {text!r}; use e.g. 24GiB or 64GB") from None
+
+
+def parse_rate(text: str, flag: str) -> float:
+    """``936GB/s`` or ``936`` (GB/s) -> bytes/s; a ``ConfigError`` naming ``flag`` otherwise."""
+    from mixchat.config import ConfigError
+
+    value = text.strip().lower().removesuffix("/s").removesuffix("gb").strip()
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not rate > 0 or rate != rate or rate == float("inf"):
+        raise ConfigError(f"{flag}: cannot read {text!r}; use e.g. 936GB/s")
+    return rate * GB

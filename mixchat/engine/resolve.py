@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mixchat.engine.base import EngineError
-
-ProgressCallback = Callable[[str, int, int], None]
+from mixchat.engine.base import EngineError, LoadProgress
+from mixchat.engine.local.progress import ProgressCallback
 
 # What a chat needs from a model repo; pickle weights are never fetched.
 ALLOW_PATTERNS = [
@@ -94,7 +92,7 @@ def _download_progress_class(progress: ProgressCallback) -> type:
 
         def update(self, n: float | None = 1) -> bool | None:
             self._done += int(n or 0)
-            progress("download", self._done, int(self.total or 0))
+            progress(LoadProgress("download", self._done, int(self.total or 0)))
             return None
 
     return DownloadProgress

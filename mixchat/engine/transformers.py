@@ -150,12 +150,10 @@ class TransformersEngine:
             self._loading = False
 
     def _load(self, emit: Callable[[Any], None]) -> None:
-        from mixchat.engine.loader import load_model
+        from mixchat.engine.local.loader import load_model
         from mixchat.engine.resolve import resolve_model_dir
 
-        def progress(stage: str, done: int, total: int) -> None:
-            emit(LoadProgress(stage, done, total))
-
+        progress = emit  # loaders report LoadProgress events themselves
         emit(LoadProgress("resolve", 0, 1, self.settings.model))
         self._model_dir = resolve_model_dir(self.settings.model, progress)
         emit(LoadProgress("tokenizer", 0, 1))

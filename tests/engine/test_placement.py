@@ -12,16 +12,17 @@ import torch
 
 from mixchat.config import Settings
 from mixchat.engine.base import EngineError
-from mixchat.engine.loader import _quantized_placement, weight_bytes
-from mixchat.engine.placement import (
+from mixchat.engine.local.loader import weight_bytes
+from mixchat.engine.local.placement import (
     GIB,
     Placement,
     Sizes,
     budgets_from_max_memory,
-    mixtral_sizes,
     plan_placement,
 )
-from mixchat.engine.quant_load import dispatch, load_quantized_mixtral
+from mixchat.engine.local.policy import quantized_placement as _quantized_placement
+from mixchat.engine.local.quantized import dispatch, load_quantized_mixtral
+from mixchat.engine.local.sizes import mixtral_sizes
 from tests.engine.test_quant import build_mixtral_checkpoint
 
 SHAPE = {"vocab": 512, "hidden": 128, "intermediate": 256, "layers": 3, "experts": 4}
@@ -83,7 +84,9 @@ def test_a_model_too_big_for_all_gpus_is_refused_in_one_line() -> None:
 
 
 def test_max_memory_budgets() -> None:
-    budgets = budgets_from_max_memory({"cpu": "64GB", 1: "20GiB", 0: "512MiB"})
+    from mixchat.config import parse_max_memory
+
+    budgets = budgets_from_max_memory(parse_max_memory("cpu=64GB,1=20GiB,0=512MiB"))
     assert list(budgets) == ["cuda:0", "cuda:1", "cpu"]
     assert budgets == {"cuda:0": 512 * 2**20, "cuda:1": 20 * GIB, "cpu": 64 * 10**9}
 
@@ -105,7 +108,7 @@ def test_layer_estimate_matches_what_bitsandbytes_stores(checkpoint: Path, mode:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(checkpoint)
-    model = load_quantized_mixtral(checkpoint, mode, torch.float32, "cpu")
+    model = load_quantized_mixtral(checkpoint, mode, torch.float32, "cpu", cpu_kernels=False)
     sizes = mixtral_sizes(config, mode, 4, double_quant=True)
     kv = 2 * config.num_key_value_heads * 16 * 4 * config.max_position_embeddings
     stored = weight_bytes(model.model.layers[0])

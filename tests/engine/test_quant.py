@@ -23,9 +23,10 @@ import torch
 
 from mixchat.config import Settings
 from mixchat.engine.base import EngineError
-from mixchat.engine.loader import load_model, weight_bytes
-from mixchat.engine.quant import QuantizedMixtralExperts
-from mixchat.engine.quant_load import load_quantized_mixtral
+from mixchat.engine.local.bnb_experts import QuantizedMixtralExperts
+from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear
+from mixchat.engine.local.loader import load_model, weight_bytes
+from mixchat.engine.local.quantized import load_quantized_mixtral
 from tests.e2e.helpers import run
 
 RATIO_SHAPE = {"vocab": 1024, "hidden": 256, "intermediate": 896, "layers": 4, "experts": 8}
@@ -100,10 +101,18 @@ def reference_logits(ratio_model: Path) -> torch.Tensor:
     return logits(full, prompts(RATIO_SHAPE["vocab"]))
 
 
-@pytest.fixture(scope="module", params=["4bit", "8bit"])
+@pytest.fixture(
+    scope="module",
+    params=[("4bit", "bnb"), ("8bit", "bnb"), ("4bit", "cpu"), ("8bit", "cpu")],
+    ids=["4bit-bnb", "8bit-bnb", "4bit-cpu", "8bit-cpu"],
+)
 def quantized(request: pytest.FixtureRequest, ratio_model: Path) -> tuple[str, Any]:
-    mode = str(request.param)
-    return mode, load_quantized_mixtral(ratio_model, mode, torch.float32, "cpu")
+    """bitsandbytes' kernels (what a GPU runs, here on the CPU) and the CPU kernels."""
+    mode, kernels = request.param
+    model = load_quantized_mixtral(
+        ratio_model, mode, torch.float32, "cpu", cpu_kernels=kernels == "cpu"
+    )
+    return mode, model
 
 
 @pytest.mark.parametrize("mode", ["4bit", "8bit"])
@@ -165,20 +174,28 @@ def test_every_expert_and_attention_weight_is_quantized(
 
     mode, model = quantized
     storage = torch.uint8 if mode == "4bit" else torch.int8
+    on_cpu = isinstance(model.model.layers[0].mlp.experts, CpuQuantizedExperts)
+    kind = CpuQuantizedExperts if on_cpu else QuantizedMixtralExperts
+    suffix = "_packed" if on_cpu else "_weight"
     linear = bnb.nn.Linear4bit if mode == "4bit" else bnb.nn.Linear8bitLt
     assert not any(isinstance(m, MixtralExperts) for m in model.modules())
     for layer in model.model.layers:
         experts = layer.mlp.experts
-        assert isinstance(experts, QuantizedMixtralExperts) and experts.missing() == []
+        assert isinstance(experts, kind) and experts.missing() == []
         assert list(experts.parameters()) == []
-        weights = [b for n, b in experts.named_buffers() if n.endswith("_weight")]
-        stats = [b for n, b in experts.named_buffers() if not n.endswith("_weight")]
+        weights = [b for n, b in experts.named_buffers() if n.endswith(suffix)]
+        stats = [b for n, b in experts.named_buffers() if not n.endswith(suffix)]
         assert len(weights) == 2 and all(w.dtype == storage for w in weights)
         # Only quantization statistics are float: absmax / scales, a few % of the weights.
         assert sum(s.numel() for s in stats) < 0.05 * sum(w.numel() for w in weights)
         for name in ATTENTION:
             module = getattr(layer.self_attn, name)
-            assert isinstance(module, linear) and module.weight.dtype == storage
+            if on_cpu:
+                assert isinstance(module, CpuQuantizedLinear)
+                assert module.weight_packed is not None
+                assert module.weight_packed.dtype == storage
+            else:
+                assert isinstance(module, linear) and module.weight.dtype == storage
 
     # No full-precision copy lurks anywhere: float elements in the whole model are the
     # unquantized parts (embeddings, lm_head, norms, router, rotary) plus small statistics.
@@ -201,8 +218,13 @@ def test_4bit_weighs_under_030_of_bf16_where_stock_weighs_098(ratio_model: Path)
     assert bf16 == 2 * sum(p.numel() for p in full.parameters()) + sum(
         b.numel() * b.element_size() for b in full.buffers()
     )
-    ours = load_quantized_mixtral(ratio_model, "4bit", torch.bfloat16, "cpu")
-    eight = load_quantized_mixtral(ratio_model, "8bit", torch.bfloat16, "cpu")
+
+    def ours(mode: str, cpu_kernels: bool) -> int:
+        model = load_quantized_mixtral(
+            ratio_model, mode, torch.bfloat16, "cpu", cpu_kernels=cpu_kernels
+        )
+        return weight_bytes(model)
+
     stock = AutoModelForCausalLM.from_pretrained(
         ratio_model,
         dtype=torch.bfloat16,
@@ -213,9 +235,12 @@ def test_4bit_weighs_under_030_of_bf16_where_stock_weighs_098(ratio_model: Path)
             bnb_4bit_compute_dtype=torch.bfloat16,
         ),
     )
-    # Measured: mixchat 4bit 0.275, 8bit 0.517, stock load_in_4bit 0.979 of the bf16 bytes.
-    assert weight_bytes(ours) <= 0.30 * bf16
-    assert weight_bytes(eight) <= 0.55 * bf16
+    # Measured: mixchat 4bit 0.275, 8bit 0.517, stock load_in_4bit 0.979 of the bf16 bytes
+    # (bitsandbytes' kernels); the CPU kernels' int4 (groups of 128, a bf16 scale and zero
+    # each) 0.283, int8 0.514.
+    for cpu_kernels in (False, True):
+        assert ours("4bit", cpu_kernels) <= 0.30 * bf16
+        assert ours("8bit", cpu_kernels) <= 0.55 * bf16
     assert weight_bytes(stock) >= 0.95 * bf16
 
 
@@ -225,7 +250,9 @@ def test_next_token_logits_stay_close_to_full_precision(
     # Random weights are a harsh case: NF4 moves each weight ~9% (RMS) and the untrained
     # router's near-ties flip top-2 choices, so even stock load_in_4bit, quantizing only
     # attention, reaches cosine 0.958 / top-1 0.47 here. Measured for mixchat: 4bit cosine
-    # mean 0.953 (min 0.917), top-1 0.47, rel L2 0.31; 8bit mean 0.998 (min 0.974), top-1 0.90.
+    # mean 0.953 (min 0.917), top-1 0.47, rel L2 0.31; 8bit mean 0.998 (min 0.974), top-1 0.90
+    # (bitsandbytes); the CPU kernels: int4 0.952 (min 0.901), top-1 0.48, rel L2 0.31; int8
+    # 0.999 (min 0.974), top-1 0.91, rel L2 0.05.
     mode, model = quantized
     got = closeness(logits(model, prompts(RATIO_SHAPE["vocab"])), reference_logits)
     if mode == "4bit":
@@ -282,7 +309,7 @@ def test_a_missing_expert_weight_is_a_one_line_error(ratio_model: Path, tmp_path
 
 
 def test_bitsandbytes_unusable_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mixchat.engine import quant
+    from mixchat.engine.local import bnb_experts as quant
 
     def broken() -> Any:
         raise RuntimeError("no native library for this platform\nmore detail")
@@ -300,31 +327,50 @@ def test_load_model_takes_the_quantized_path_for_mixtral(tiny_model: Path) -> No
     loaded = load_model(
         tiny_model,
         Settings(model=str(tiny_model), quantization="4bit"),
-        lambda stage, done, total: reports.append((stage, done, total)),
+        lambda event: reports.append((event.stage, event.done, event.total)),
         emit_notice=lambda message: None,
     )
     assert loaded.quantization == "4bit" and loaded.device == "cpu"
+    # On the CPU, PyTorch's weight-only kernels (bitsandbytes' CPU path is ~8x slower).
     assert all(
-        isinstance(layer.mlp.experts, QuantizedMixtralExperts)
-        for layer in loaded.model.model.layers
+        isinstance(layer.mlp.experts, CpuQuantizedExperts) for layer in loaded.model.model.layers
     )
     assert loaded.weight_bytes == weight_bytes(loaded.model)
     assert reports[-1][0] == "weights" and reports[-1][1] == reports[-1][2] > 0
 
 
-def test_double_quantization_is_a_setting(ratio_model: Path) -> None:
+def test_double_quantization_is_a_setting(
+    ratio_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What bitsandbytes stores (the GPU path, run here on the CPU) ...
     def load(double: bool) -> Any:
-        settings = Settings(model=str(ratio_model), quantization="4bit", double_quant=double)
-        return load_model(ratio_model, settings, lambda *_: None, emit_notice=lambda _: None)
+        return load_quantized_mixtral(
+            ratio_model, "4bit", torch.float32, "cpu", double_quant=double, cpu_kernels=False
+        )
 
     double, single = load(True), load(False)
-    experts = [m.model.model.layers[0].mlp.experts for m in (double, single)]
+    experts = [m.model.layers[0].mlp.experts for m in (double, single)]
     assert "gate_up_nested_absmax" in experts[0]._buffers
     assert "gate_up_nested_absmax" not in experts[1]._buffers
-    q_proj = single.model.model.layers[0].self_attn.q_proj.weight.quant_state
+    q_proj = single.model.layers[0].self_attn.q_proj.weight.quant_state
     assert not q_proj.nested
     # NF4 block scales: one uint8 (double quant) instead of one float32 per 64 weights.
-    assert single.weight_bytes > double.weight_bytes
+    assert weight_bytes(single) > weight_bytes(double)
+
+    # ... and the setting reaches the quantized loader.
+    from mixchat.engine.local import quantized
+
+    seen: list[bool] = []
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["double_quant"])
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(quantized, "load_quantized_mixtral", stand_in)
+    for flag in (True, False):
+        settings = Settings(model=str(ratio_model), quantization="4bit", double_quant=flag)
+        load_model(ratio_model, settings, lambda *_: None, emit_notice=lambda _: None)
+    assert seen == [True, False]
 
 
 @pytest.mark.e2e
@@ -345,9 +391,9 @@ def test_ask_quantized_end_to_end_on_cpu(tiny_model: Path, flag: str) -> None:
 PEAK_PROBE = """
 import gc, json, sys, torch
 from pathlib import Path
-from mixchat.engine.loader import weight_bytes
-from mixchat.engine.quant import check_device_support
-from mixchat.engine.quant_load import load_quantized_mixtral
+from mixchat.engine.local.loader import weight_bytes
+from mixchat.engine.local.bnb_experts import check_device_support
+from mixchat.engine.local.quantized import load_quantized_mixtral
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
 import transformers.models.mixtral.modeling_mixtral, accelerate, safetensors
 

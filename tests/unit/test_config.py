@@ -379,10 +379,12 @@ def test_failed_load_leaves_file_untouched() -> None:
 def test_max_memory_parses_per_device_limits() -> None:
     from mixchat.config import parse_max_memory
 
-    assert parse_max_memory("0=70GiB, 1=70.5GiB,cpu=200GB") == {
-        0: "70GiB",
-        1: "70.5GiB",
-        "cpu": "200GB",
+    assert parse_max_memory("0=70GiB, 1=70.5GiB,cpu=200GB,2=512MiB,3=1.5mb") == {
+        0: 70 * 2**30,
+        1: int(70.5 * 2**30),
+        "cpu": 200 * 10**9,
+        2: 512 * 2**20,
+        3: 1_500_000,
     }
     settings = load_settings({"max_memory": "0=40GiB"})
     assert settings.max_memory == "0=40GiB"
@@ -392,9 +394,9 @@ def test_max_memory_parses_per_device_limits() -> None:
 
 
 def test_max_memory_is_ignored_with_a_notice_off_auto_placement() -> None:
-    from mixchat.engine.loader import _max_memory
+    from mixchat.engine.local.policy import stock_max_memory
 
     notes: list[str] = []
-    assert _max_memory(Settings(max_memory="0=10GiB"), None, notes.append) is None
+    assert stock_max_memory(Settings(max_memory="0=10GiB"), None, notes.append) is None
     assert notes and "--max-memory" in notes[0]
-    assert _max_memory(Settings(max_memory="0=10GiB"), "auto", notes.append) == {0: "10GiB"}
+    assert stock_max_memory(Settings(max_memory="0=10GiB"), "auto", notes.append) == {0: 10 * 2**30}

@@ -3,7 +3,10 @@ split it, and where its layers would go (made-up GPUs; the plan is pure arithmet
 
 from __future__ import annotations
 
-from mixchat.commands.doctor import MIXTRAL_CONFIG, Gpu, Report, quantized_split, render
+from mixchat.commands.doctor import render
+from mixchat.engine.local.hardware import Gpu
+from mixchat.engine.local.report import Report, quantized_split
+from mixchat.engine.local.sizes import MIXTRAL_8X7B as MIXTRAL_CONFIG
 
 GB = 10**9
 

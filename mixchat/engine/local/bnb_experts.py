@@ -5,7 +5,7 @@ and ``down_proj``), and ``BitsAndBytesConfig`` only swaps ``nn.Linear`` modules,
 ``load_in_4bit`` leaves the experts, 45.1B of Mixtral's 46.7B parameters, in full precision
 (bitsandbytes issue #1849). ``QuantizedMixtralExperts`` replaces a layer's experts; each weight
 is quantized with bitsandbytes' own kernels (NF4 ``quantize_4bit``, LLM.int8
-``int8_vectorwise_quant``) as it is set. ``quant_load.py`` builds and loads the whole model.
+``int8_vectorwise_quant``) as it is set. ``quantized.py`` builds and loads the whole model.
 Imported only on the load path (it imports torch).
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
-from mixchat.engine.placement import BLOCKSIZE  # one absmax per 64 weights
+from mixchat.engine.local.sizes import BLOCKSIZE  # one absmax per 64 weights
 
 QUANT_TYPE = "nf4"
 INT8_THRESHOLD = 6.0  # LLM.int8 outlier threshold; transformers' llm_int8_threshold default

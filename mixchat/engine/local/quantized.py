@@ -2,19 +2,20 @@
 
 The model is built on the meta device; each layer's experts are replaced by
 ``QuantizedMixtralExperts`` and its attention projections by bitsandbytes' ``Linear4bit`` /
-``Linear8bitLt``. The checkpoint then streams from its safetensors shards one tensor at a
-time, each weight quantized as soon as it is read and put straight onto the device its layer
-lives on (``Placement``), so peak memory stays near the quantized size. Embeddings, norms,
-the router and ``lm_head`` stay in ``compute_dtype``, as with stock bitsandbytes. A model
-spread over several devices gets accelerate's hooks, which move activations between them
-(transformers does the same for its own multi-GPU bitsandbytes models).
+``Linear8bitLt`` (on a GPU), or by the CPU kernels' ``CpuQuantizedExperts`` /
+``CpuQuantizedLinear`` for layers placed on the CPU; layers the ``Placement`` names in
+``cpu_experts`` keep attention on their GPU and their experts in system RAM. The checkpoint
+then streams from its safetensors shards one tensor at a time, each weight quantized as soon
+as it is read and put straight onto the device its layer lives on (``Placement``), so peak
+memory stays near the quantized size. Embeddings, norms, the router and ``lm_head`` stay in
+``compute_dtype``, as with stock bitsandbytes. A model spread over several GPUs gets
+accelerate's hooks, which move activations between them (transformers does the same for its
+own multi-GPU bitsandbytes models); CPU experts move their own inputs and outputs.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,7 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
-from mixchat.engine.placement import Placement
-from mixchat.engine.quant import (
+from mixchat.engine.local.bnb_experts import (
     ATTENTION,
     BLOCKSIZE,
     INT8_THRESHOLD,
@@ -32,21 +32,14 @@ from mixchat.engine.quant import (
     check_device_support,
     import_bnb,
 )
-
-ProgressCallback = Callable[[str, int, int], None]
+from mixchat.engine.local.checkpoint import iter_tensors, shard_files
+from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear, check_kernels
+from mixchat.engine.local.placement import Placement
+from mixchat.engine.local.progress import ProgressCallback
 
 _EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(w[123])\.weight$")
 _FUSED_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 _ATTENTION_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj)\.weight$")
-
-
-def _shard_files(model_dir: Path) -> list[Path]:
-    """The checkpoint's shards: those the index names, else every ``*.safetensors``."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    return sorted(model_dir.glob("*.safetensors"))
 
 
 def quantized_skeleton(
@@ -56,9 +49,12 @@ def quantized_skeleton(
     placement: Placement,
     double_quant: bool = True,
     attention: str = "sdpa",
+    cpu_kernels: bool = True,
 ) -> Any:
     """A Mixtral with no weights yet: parameters on meta, quantized modules swapped in
-    (their storage will live where ``placement`` puts each layer)."""
+    (their storage will live where ``placement`` puts each layer). Layers placed on the CPU
+    get the CPU kernels' modules unless ``cpu_kernels`` is false (bitsandbytes everywhere,
+    which is what a GPU runs: the tests exercise it on the CPU that way)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -69,14 +65,20 @@ def quantized_skeleton(
             config, dtype=compute_dtype, attn_implementation=attention
         )
     for index, layer in enumerate(model.model.layers):
-        layer.mlp.experts = QuantizedMixtralExperts(
-            config, mode, compute_dtype, placement.layers[index], double_quant
-        )
+        on_cpu = cpu_kernels and torch.device(placement.layers[index]).type == "cpu"
+        if on_cpu or index in placement.cpu_experts:
+            layer.mlp.experts = CpuQuantizedExperts(config, mode)
+        else:
+            layer.mlp.experts = QuantizedMixtralExperts(
+                config, mode, compute_dtype, placement.layers[index], double_quant
+            )
         for name in ATTENTION:
             old = getattr(layer.self_attn, name)
             shape = (old.in_features, old.out_features, old.bias is not None)
             new: nn.Module
-            if mode == "4bit":
+            if on_cpu and old.bias is None:
+                new = CpuQuantizedLinear(old.in_features, old.out_features, mode)
+            elif mode == "4bit":
                 new = bnb.nn.Linear4bit(
                     *shape,
                     compute_dtype=compute_dtype,
@@ -144,8 +146,9 @@ class _Stream:
         # gate and up (w1, w3) are fused into one weight; hold a half until its pair arrives.
         self.pending: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
-    def experts(self, layer: str) -> QuantizedMixtralExperts:
-        module: QuantizedMixtralExperts = self.model.model.layers[int(layer)].mlp.experts
+    def experts(self, layer: str) -> QuantizedMixtralExperts | CpuQuantizedExperts:
+        module: QuantizedMixtralExperts | CpuQuantizedExperts
+        module = self.model.model.layers[int(layer)].mlp.experts
         return module
 
     def feed(self, handle: Any, key: str) -> None:
@@ -169,20 +172,14 @@ class _Stream:
                 experts.set_expert(proj, e, whole[e : e + 1][0])
         elif match := _ATTENTION_KEY.match(name):
             module = getattr(self.model.model.layers[int(match[1])].self_attn, match[2])
+            if isinstance(module, CpuQuantizedLinear):
+                module.set_weight(handle.get_tensor(key))
+                return
             device = self.placement.device_of(name)
             set_quantized_linear(module, handle.get_tensor(key), self.mode, self.dtype, device)
         else:
             device = self.placement.device_of(name)
             set_plain_parameter(self.model, name, handle.get_tensor(key), self.dtype, device)
-
-
-def _iter_keys(shards: list[Path]) -> Iterator[tuple[Any, str]]:
-    from safetensors import safe_open
-
-    for shard in shards:
-        with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                yield handle, key
 
 
 def load_quantized_mixtral(
@@ -193,16 +190,18 @@ def load_quantized_mixtral(
     double_quant: bool = True,
     progress: ProgressCallback | None = None,
     attention: str = "sdpa",
+    cpu_kernels: bool = True,
 ) -> Any:
     """Load a Mixtral checkpoint with every expert and attention projection quantized.
 
-    ``mode`` is ``'4bit'`` (NF4, double quant unless ``double_quant=False``) or ``'8bit'``
-    (LLM.int8). Weights stream shard by shard, one tensor at a time, onto ``device`` (or the
-    devices a ``Placement`` names); ``progress('weights', done, total)`` counts tensors.
+    ``mode`` is ``'4bit'`` or ``'8bit'``. On a GPU: bitsandbytes NF4 (double quant unless
+    ``double_quant=False``) or LLM.int8. On the CPU: PyTorch's weight-only int4 / int8
+    kernels (``cpu_kernels.py``), or bitsandbytes there too with ``cpu_kernels=False``.
+    Weights stream shard by shard, one tensor at a time, onto ``device`` (or the devices a
+    ``Placement`` names); ``progress('weights', done, total)`` counts tensors.
     Raises ``EngineError`` when bitsandbytes cannot run on a device or the checkpoint is
     incomplete.
     """
-    from safetensors import safe_open
     from transformers import AutoConfig, GenerationConfig
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -214,25 +213,22 @@ def load_quantized_mixtral(
         else Placement.single(str(torch.device(device)), config.num_hidden_layers)
     )
     for name in placement.devices:
-        check_device_support(mode, torch.device(name))
-    shards = _shard_files(model_dir)
+        if cpu_kernels and torch.device(name).type == "cpu":
+            check_kernels()
+        else:
+            check_device_support(mode, torch.device(name))
+    if placement.cpu_experts:
+        check_kernels()
+    shards = shard_files(model_dir)
     if not shards:
         raise EngineError(f"{model_dir}: no model weights (*.safetensors) found")
-    total = 0
-    for shard in shards:
-        with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            total += len(handle.keys())
 
-    model = quantized_skeleton(config, mode, compute_dtype, placement, double_quant, attention)
+    model = quantized_skeleton(
+        config, mode, compute_dtype, placement, double_quant, attention, cpu_kernels
+    )
     stream = _Stream(model, mode, compute_dtype, placement)
-    step, last = max(1, total // 100), 0
-    if progress is not None:
-        progress("weights", 0, total)
-    for done, (handle, key) in enumerate(_iter_keys(shards), start=1):
+    for handle, key in iter_tensors(shards, progress):
         stream.feed(handle, key)
-        if progress is not None and (done - last >= step or done == total):
-            last = done
-            progress("weights", done, total)
     lacking = [f"layer {layer} expert {e} w1/w3" for (layer, e) in stream.pending]
     model = finish_quantized_mixtral(model, placement, lacking, source=str(model_dir))
     if (model_dir / "generation_config.json").is_file():
@@ -252,6 +248,11 @@ def finish_quantized_mixtral(
     for i, layer in enumerate(model.model.layers):
         lacking += [f"layer {i} experts {m}" for m in layer.mlp.experts.missing()]
     lacking += [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    lacking += [
+        f"{n}.weight"
+        for n, m in model.named_modules()
+        if isinstance(m, CpuQuantizedLinear) and m.weight_packed is None
+    ]
     if lacking:
         more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
         raise EngineError(f"{source}: the checkpoint lacks {lacking[0]}{more}")
@@ -261,6 +262,22 @@ def finish_quantized_mixtral(
     if len(placement.devices) > 1:
         dispatch(model, placement)
     return model
+
+
+def _hold_cpu_experts(model: Any, placement: Placement) -> dict[int, nn.Module]:
+    """Take the CPU experts out of their layers (accelerate's hooks would move every tensor
+    under a layer onto the layer's GPU); ``_put_back`` returns them after."""
+    held = {}
+    for index in placement.cpu_experts:
+        mlp = model.model.layers[index].mlp
+        held[index] = mlp.experts
+        mlp.experts = nn.Module()
+    return held
+
+
+def _put_back(model: Any, held: dict[int, nn.Module]) -> None:
+    for index, experts in held.items():
+        model.model.layers[index].mlp.experts = experts
 
 
 def place_buffers(model: Any, placement: Placement) -> None:
@@ -279,9 +296,13 @@ def dispatch(model: Any, placement: Placement, force_hooks: bool = False) -> Non
     (``force_hooks`` attaches them even when there is only one device)."""
     from accelerate import dispatch_model
 
-    dispatch_model(
-        model,
-        device_map=placement.device_map(),
-        main_device=placement.first,
-        force_hooks=force_hooks,
-    )
+    held = _hold_cpu_experts(model, placement)
+    try:
+        dispatch_model(
+            model,
+            device_map=placement.device_map(),
+            main_device=placement.first,
+            force_hooks=force_hooks,
+        )
+    finally:
+        _put_back(model, held)
