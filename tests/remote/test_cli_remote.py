@@ -1,7 +1,4 @@
-"""``mixchat ask --endpoint`` end to end: the installed command against ``transformers serve``.
-
-Skipped until the CLI has the ``--endpoint`` flag.
-"""
+"""``mixchat ask --endpoint`` end to end: the installed command against ``transformers serve``."""
 
 from __future__ import annotations
 
@@ -13,12 +10,6 @@ from tests.e2e.helpers import run
 from tests.remote.conftest import Served, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session", autouse=True)
-def needs_endpoint_flag() -> None:
-    if "--endpoint" not in run("ask", "--help").stdout:
-        pytest.skip("mixchat ask has no --endpoint flag yet")
 
 
 def test_ask_streams_from_the_server_and_saves(served: Served) -> None:

@@ -145,8 +145,13 @@ def test_a_lock_that_outlasts_the_reply_is_reported_exactly() -> None:
         conv_id = new_chat(store)
         recorder = ReplyRecorder(store, conv_id)
         lock = Lock(store)
-        engine = Engine(["saved ", "early. ", "never ", "saved"], before={2: lock.take})
-        engine.before[1] = recorder.flush  # "saved " is on disk before the lock
+        engine = Engine(["saved ", "early. ", "never ", "saved"])
+
+        def flush_then_lock() -> None:
+            recorder.flush()  # "saved " is on disk before the lock...
+            lock.take()  # ...which is held before any later text reaches the writer
+
+        engine.before[1] = flush_then_lock
         seen: list[str] = []
         with pytest.raises(ReplyNotSaved) as info:
             run(store, recorder, engine, seen)
