@@ -5,6 +5,11 @@ weights load, ``ContextTrimmed`` when old turns had to be dropped, ``TextDelta``
 for each piece of text, then ``Usage`` and ``Finished`` (or ``Failed``). A
 cancel is a ``threading.Event``; setting it stops generation within one token
 and leaves the engine ready for the next request.
+
+Optionally an engine counts tokens without generating: ``count_tokens(messages,
+system_prompt) -> int | None``, the tokens the prompt of ``messages`` fills (None when
+it cannot tell, e.g. before loading). It may be called from any thread, alongside a
+reply. ``count_context_tokens`` calls it on engines that have it.
 """
 
 from __future__ import annotations
@@ -106,6 +111,18 @@ class Failed:
 
 
 Event = LoadProgress | Notice | ContextTrimmed | TextDelta | Usage | Finished | Failed
+
+
+def count_context_tokens(
+    engine: object, messages: Sequence[Message], system_prompt: str | None
+) -> int | None:
+    """Tokens the context of ``messages`` fills, from the engine's optional
+    ``count_tokens``; None for an engine without one."""
+    count = getattr(engine, "count_tokens", None)
+    if not callable(count):
+        return None
+    result = count(messages, system_prompt)
+    return int(result) if result is not None else None
 
 
 class EngineError(Exception):
