@@ -205,6 +205,41 @@ def _gb(value: int | None) -> str:
     return "?" if value is None else f"{value / GB:.1f} GB"
 
 
+def _verdict(report: Report) -> str | None:
+    """Whether the model fits, in a few words (None when there is nothing to say)."""
+    if report.fits is True and report.placement:
+        return f"fits split over {report.placement}"
+    if report.fits is True:
+        return "fits in the free GPU memory"
+    if report.fits is False:
+        return "does not fit in the free GPU memory: try --4bit or more GPUs"
+    if not report.gpus:
+        return "no GPU: the full model on CPU is impractically slow"
+    return None
+
+
+def summary(report: Report) -> list[str]:
+    """The report in three or four short lines (the app's no-model screen shows them)."""
+    if report.gpus:
+        gpus = ", ".join(
+            f"{g.name} ({_gb(g.free_bytes)} free of {_gb(g.total_bytes)})" for g in report.gpus
+        )
+        machine = f"CUDA {report.cuda}: {gpus}"
+    else:
+        machine = "no CUDA GPU (CPU only)"
+    lines = [f"Python {report.python}, torch {report.torch or 'not installed'}, {machine}"]
+    model = f"{report.model} ({report.quantization})"
+    if report.needed_bytes is not None:
+        model += f" needs ~{_gb(report.needed_bytes)}"
+    verdict = _verdict(report)
+    lines.append(f"{model}: {verdict}" if verdict else model)
+    if report.quantization != "none" and report.bitsandbytes is None:
+        lines.append(f"bitsandbytes is not installed (--{report.quantization} needs it)")
+    elif report.quantization != "none" and not report.bitsandbytes_works:
+        lines.append(f"bitsandbytes cannot run --{report.quantization} here")
+    return lines
+
+
 def render(report: Report) -> str:
     """Human-readable report."""
     ok, bad = "ok ", "-- "
@@ -237,14 +272,9 @@ def render(report: Report) -> str:
                 f"{_gb(kv * report.context_tokens)} at {report.context_tokens:,} tokens"
             )
         lines.append(f"needs         ~{_gb(report.needed_bytes)} with overhead")
-    if report.fits is True and report.placement:
-        lines.append(f"{ok}fits split over {report.placement}")
-    elif report.fits is True:
-        lines.append(f"{ok}fits in the free GPU memory")
-    elif report.fits is False:
-        lines.append(f"{bad}does not fit in the free GPU memory: try --4bit or more GPUs")
-    elif not report.gpus:
-        lines.append(f"{bad}no GPU: the full model on CPU is impractically slow")
+    verdict = _verdict(report)
+    if verdict is not None:
+        lines.append(f"{ok if report.fits else bad}{verdict}")
     lines += [f"note: {note}" for note in report.notes]
     lines.append("")
     lines.append(

@@ -22,6 +22,14 @@ def make_engine(settings: Settings) -> Engine:
     return TransformersEngine(settings)
 
 
+def check_machine(settings: Settings) -> list[str]:
+    """What ``mixchat doctor`` says, in a few lines, for the app's no-model screen (the app
+    calls it on a worker thread: it imports torch)."""
+    from mixchat.commands.doctor import diagnose, summary
+
+    return summary(diagnose(settings))
+
+
 def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bool) -> int:
     """Start the Textual app; returns the exit code."""
     from mixchat.store import ConversationStore, NotFoundError
@@ -46,6 +54,7 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             store,
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
+            check_machine=check_machine,
         )
         app.run()
         return int(app.return_code or 0)
