@@ -32,6 +32,7 @@ def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
         resume_id: str | None = None,
         settings: Settings | None = None,
         engine_factory: Callable[[Settings], object] | None = None,
+        check_machine: Callable[[Settings], list[str]] | None = None,
     ) -> MixchatApp:
         return MixchatApp(
             settings or Settings(model="scripted-model"),
@@ -39,6 +40,7 @@ def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
             store,
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
+            check_machine=check_machine,
         )
 
     return factory
