@@ -16,7 +16,7 @@ from mixchat.tui.widgets.chat_view import ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 
 SUPERSEDED = "superseded"  # CSS class of the blocks an edit would replace
-EDIT_TITLE = "editing your last message: Enter sends it in place of the old one, Esc cancels"
+EDIT_TITLE = "editing · Enter resends · Esc cancels"  # fits an 80-column input box
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ async def test_an_edit_sent_replaces_the_turn(
             "the new answer",
         ]
         assert not screen.query(f".{SUPERSEDED}") and not prompt.border_title
-        assert prompt.text == ""
+        assert prompt.text == "half-typed draft"  # what the box held before the edit
 
 
 async def test_editing_an_unanswered_message(

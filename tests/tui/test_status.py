@@ -124,3 +124,27 @@ async def test_a_new_or_other_conversation_starts_with_a_clean_status(
         assert status.state == "unanswered: Ctrl+R answers"  # its question has no answer
         assert status.tokens_per_s is None
         assert status.context_used == engine.count_tokens(conv.messages, conv.system_prompt)
+
+
+async def test_context_drops_the_old_answer_when_regenerating(
+    make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore
+) -> None:
+    conv_id = saved(store, "short question", "a very long old answer " * 20)
+    gate = threading.Event()
+    engine.queue("new ", "answer", gate=gate, gate_from=1)
+    app = make_app(resume_id=conv_id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await settle(pilot)
+        with_old = screen.status.context_used
+        await pilot.press("ctrl+r")
+        try:
+            question = store.get_conversation(conv_id).messages[:1]
+            expected = engine.count_tokens(question, "Be brief.")
+            assert expected < with_old
+            status = screen.status
+            await until(pilot, lambda: status.context_used == expected, "counted again")
+            assert screen.generating
+        finally:
+            gate.set()
+        await settle(pilot)

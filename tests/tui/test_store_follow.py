@@ -55,7 +55,17 @@ async def test_a_turn_added_elsewhere_is_shown(
         await settle(pilot)
         conv_id = screen.conversation.id  # type: ignore[union-attr]
         first_block = screen.query(UserBlock).first()
-        ask_elsewhere(other, conv_id, "from ask -c", "its answer")
+        # `ask -c` saves its question, then streams its answer: the view follows each step
+        other.append_message(conv_id, Message(Role.USER, "from ask -c"))
+        await screen.store_sync.check()
+        assert shown(screen) == ["first", "echo: first", "from ask -c"]
+        assert screen.status.state == "unanswered: Ctrl+R answers"
+        reply = other.start_reply(conv_id)
+        other.checkpoint_reply(reply.id, "its")  # type: ignore[arg-type]
+        await screen.store_sync.check()
+        assert shown(screen) == ["first", "echo: first", "from ask -c", "its"]
+        assert screen.status.state == "ready"  # answered (still streaming) elsewhere
+        other.finish_reply(reply.id, "its answer", Status.COMPLETE)  # type: ignore[arg-type]
         await screen.store_sync.check()
         await pilot.pause()
         assert shown(screen) == ["first", "echo: first", "from ask -c", "its answer"]

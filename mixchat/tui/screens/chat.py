@@ -153,6 +153,8 @@ class ChatScreen(Screen[None]):
         """Mark an open conversation whose last message has no answer (and say so)."""
         usable = prompt_messages(self.conversation.messages) if self.conversation else []
         unanswered = bool(usable) and usable[-1].role is Role.USER
+        if not unanswered and self.status.reply_state == UNANSWERED:
+            self.status.reply_state = ""  # answered since (from elsewhere, say)
         if self.generating or self.waiting_for_model or not unanswered:
             return
         self.status.reply_state = UNANSWERED
@@ -232,6 +234,8 @@ class ChatScreen(Screen[None]):
             self.store.append_message(self.conversation.id, message)
         self.reload_conversation()
         self.prompt.take(text)
+        if edit is not None:  # what the box held before the edit comes back
+            self.prompt.recall(edit.draft + self.prompt.text)
         await self.chat.add_user(text)
         self.shown.appended(message)
         self.sidebar.reload()
@@ -410,6 +414,8 @@ class ChatScreen(Screen[None]):
             self.store.truncate_from(later[0].id)
             await self.shown.drop_from(index + 1)
             self.reload_conversation()
+        self.status.reset(self.status.context_used)
+        self.count_context()  # without the dropped answer
         await self.start_reply()
 
     def action_edit_last(self) -> None:

@@ -37,7 +37,7 @@ def describe_load(event: LoadProgress) -> str:
     counts with the unit the event names (an optional ``unit`` attribute), if any.
     """
     text = f"loading {event.stage}"
-    if event.total > 0:
+    if event.total > 1:  # a one-step stage has nothing to count
         done = min(max(event.done, 0), event.total)
         if event.stage in BYTE_STAGES or event.total >= BYTE_TOTAL:
             amount = f"{_size(done)}/{_size(event.total)}"
