@@ -137,7 +137,16 @@ class MixchatApp(App[None]):
     def on_model_failed(self, message: ModelFailed) -> None:
         self.model_error = message.error
         self.chat_screen.model_failed(message.error)
-        self.action_model_setup()
+        if self.resume_id is None and self.chat_screen.conversation is None:
+            self.action_model_setup()  # the first run: nothing else to show
+        else:  # a resumed conversation stays in view
+            self.notify(
+                f"{message.error}\nCtrl+P, Model setup: how to get a model.",
+                title="No model loaded",
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
         self._model_settled.set()
 
     def action_model_setup(self) -> None:

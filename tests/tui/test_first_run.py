@@ -217,3 +217,22 @@ async def test_load_progress_shows_stage_amount_and_detail(make_app: AppFactory)
         await app.wait_for_model()
         await pilot.pause()
         assert status.state == "ready"
+
+
+async def test_a_resumed_conversation_stays_in_view_without_a_model(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    conv = store.create_conversation(
+        model="m", system_prompt=None, settings={}, first_message=Message(Role.USER, "keep me")
+    )
+    app = make_app(resume_id=conv.id, engine_factory=lambda _s: missing_engine())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.wait_for_model()
+        await settle(pilot)
+        assert app.screen is app.chat_screen
+        assert "keep me" in "\n".join(screen_text(app))
+        assert any("not in the local Hugging Face cache" in n for n in notes(app))
+        assert app.chat_screen.status.model_state == "no model"
+        app.action_model_setup()  # what the palette's "Model setup" runs
+        await pilot.pause()
+        assert isinstance(app.screen, ModelSetupScreen)

@@ -200,3 +200,20 @@ async def test_the_store_is_polled(
             model="m", system_prompt=None, settings={}, first_message=Message(Role.USER, "new")
         )
         await until(pilot, lambda: listed(screen) == [made.id], "the list shows it")
+
+
+async def test_a_message_to_a_conversation_deleted_elsewhere_waits_in_the_box(
+    make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore, other: ConversationStore
+) -> None:
+    conv = store.create_conversation(
+        model="m", system_prompt=None, settings={}, first_message=Message(Role.USER, "doomed")
+    )
+    app = make_app(resume_id=conv.id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        other.delete(conv.id)  # `mixchat rm`, before the next poll
+        await type_and_send(pilot, "a follow-up")
+        await settle(pilot)
+        assert store.list_conversations() == [] and engine.requests == []
+        assert screen.query_one(PromptInput).text == "a follow-up"
+        assert any("deleted elsewhere" in n.message for n in app._notifications)

@@ -210,10 +210,10 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.notify(BUSY, severity="warning")
             return
-        editing = self.edit.pending is not None
+        editing, open_before = self.edit.pending is not None, self.conversation is not None
         await self.store_sync.check()  # the prompt never holds a turn the view does not show
-        if editing and self.edit.pending is None:
-            return  # the conversation changed under the edit: look before sending
+        if (editing and self.edit.pending is None) or (open_before and self.conversation is None):
+            return  # changed or deleted under the user's eyes: the text waits in the box
         message = Message(Role.USER, text)
         edit = self.edit.pending
         if edit is not None and self.conversation is not None:
