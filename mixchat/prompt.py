@@ -107,6 +107,18 @@ def prompt_messages(messages: Sequence[Message]) -> list[Message]:
     ]
 
 
+def context_messages(messages: Sequence[Message]) -> list[Message]:
+    """The messages whose prompt is the context a conversation fills, for counting it: the
+    prompt's messages, and when they end with a reply, an empty next question (the prompt
+    of the next turn before its text). Empty when no message of the user's is there."""
+    usable = prompt_messages(messages)
+    if not any(m.role is Role.USER for m in usable):
+        return []
+    if usable[-1].role is not Role.USER:
+        usable.append(Message(Role.USER, ""))
+    return usable
+
+
 def _turns(messages: Sequence[Message], pad: bool = True) -> list[tuple[Role, str]]:
     """Filter, then merge same-role runs the way mistral-common's normalizer does.
 

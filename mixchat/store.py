@@ -559,6 +559,32 @@ class ConversationStore:
             return int(cursor.rowcount)
 
     @_guarded
+    def replace_from(self, message_id: int, message: Message) -> Message:
+        """Delete a message and every later one of its conversation and append ``message``
+        in their place, in one transaction (an edited message resent: a crash leaves the
+        old turn or the new message, never neither). Sets and returns it with its id."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT conversation_id, position FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no message with id {message_id}")
+            conn.execute(
+                "DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
+                (row["conversation_id"], row["position"]),
+            )
+            self._append(conn, row["conversation_id"], message)
+        return message
+
+    @_guarded
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (another mixchat process or
+        window) commits to the database, and only then: this store's own writes leave it
+        alone. Costs no disk read, so it can be polled (SQLite's ``PRAGMA data_version``)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @_guarded
     def import_conversation(self, conv: Conversation) -> Conversation:
         """Store a whole conversation; keeps its id if valid and free, else a new one."""
         with self._write() as conn:

@@ -19,6 +19,53 @@ def _gb(value: int | float | None) -> str:
     return "?" if value is None else f"{value / GB:.1f} GB"
 
 
+def _verdict(report: Report) -> tuple[bool, str] | None:
+    """Whether the model fits, in a few words, and whether that is good news (None when
+    there is nothing to say)."""
+    if report.fits is True and report.placement and not report.cpu_expert_layers:
+        return True, f"fits split over {report.placement}"
+    if report.fits is True and report.cpu_expert_layers:
+        count = len(report.cpu_expert_layers)
+        return True, f"fits with the experts of {count} layer{'s' if count != 1 else ''} in RAM"
+    if report.fits is True and report.gpus:
+        return True, "fits in the free GPU memory"
+    if report.fits is False:
+        return False, "does not fit in the free GPU memory: try --4bit or more GPUs"
+    if report.fits_in_ram is True:
+        return True, "no GPU: fits in RAM, everything runs on the CPU kernels"
+    if report.fits_in_ram is False:
+        return False, "no GPU, and it does not fit in the available RAM"
+    if not report.gpus:
+        return False, "no GPU: the full model on CPU is impractically slow"
+    return None
+
+
+def summary(report: Report) -> list[str]:
+    """The report in three or four short lines (the app's no-model screen shows them)."""
+    if report.gpus:
+        gpus = ", ".join(
+            f"{g.name} ({_gb(g.free_bytes)} free of {_gb(g.total_bytes)})" for g in report.gpus
+        )
+        machine = f"CUDA {report.cuda}: {gpus}"
+    else:
+        machine = "no CUDA GPU (CPU only)"
+    lines = [f"Python {report.python}, torch {report.torch or 'not installed'}, {machine}"]
+    model = f"{report.model} ({report.quantization})"
+    if report.needed_bytes is not None:
+        model += f" needs ~{_gb(report.needed_bytes)}"
+    verdict = _verdict(report)
+    lines.append(f"{model}: {verdict[1]}" if verdict else model)
+    if report.suggestion:
+        lines.append(f"try: {report.suggestion}")
+    # On a GPU, --4bit/--8bit run on bitsandbytes; on the CPU, on torch's own kernels.
+    quantized_on_gpu = report.quantization != "none" and bool(report.gpus)
+    if quantized_on_gpu and report.bitsandbytes is None:
+        lines.append(f"bitsandbytes is not installed (--{report.quantization} needs it)")
+    elif quantized_on_gpu and not report.bitsandbytes_works:
+        lines.append(f"bitsandbytes cannot run --{report.quantization} here")
+    return lines
+
+
 def render(report: Report) -> str:
     """Human-readable report."""
     ok, bad = "ok ", "-- "
@@ -64,22 +111,9 @@ def render(report: Report) -> str:
         if report.needed_bytes is not None:
             lines.append(f"needs         ~{_gb(report.needed_bytes)} with the KV cache")
     lines += _plan_lines(report)
-    if report.fits is True and report.placement and not report.cpu_expert_layers:
-        lines.append(f"{ok}fits split over {report.placement}")
-    elif report.fits is True and report.cpu_expert_layers:
-        count = len(report.cpu_expert_layers)
-        layers = f"{count} layer{'s' if count != 1 else ''}"
-        lines.append(f"{ok}fits with the experts of {layers} in RAM")
-    elif report.fits is True and report.gpus:
-        lines.append(f"{ok}fits in the free GPU memory")
-    elif report.fits is False:
-        lines.append(f"{bad}does not fit in the free GPU memory: try --4bit or more GPUs")
-    elif report.fits_in_ram is True:
-        lines.append(f"{ok}no GPU: fits in RAM, everything runs on the CPU kernels")
-    elif report.fits_in_ram is False:
-        lines.append(f"{bad}no GPU, and it does not fit in the available RAM")
-    elif not report.gpus:
-        lines.append(f"{bad}no GPU: the full model on CPU is impractically slow")
+    verdict = _verdict(report)
+    if verdict is not None:
+        lines.append(f"{ok if verdict[0] else bad}{verdict[1]}")
     if report.suggestion:
         lines.append(f"try           {report.suggestion}")
     lines += [f"note: {note}" for note in report.notes]

@@ -6,7 +6,17 @@ import sys
 from typing import Any
 
 from mixchat.commands.errors import fail
-from mixchat.config import load_sources, save_setting
+from mixchat.config import Settings, load_sources, save_setting
+
+
+def check_machine(settings: Settings) -> list[str]:
+    """What ``mixchat doctor`` says, in a few lines, for the app's no-model screen (the app
+    calls it on a worker thread: it imports torch)."""
+    from mixchat.commands.doctor import summary
+    from mixchat.engine.local import hardware
+    from mixchat.engine.local.report import diagnose
+
+    return summary(diagnose(settings, hardware.probe()))
 
 
 def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bool) -> int:
@@ -35,6 +45,7 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
             flags=sources.flags,
+            check_machine=check_machine,
         )
         app.run()
         return int(app.return_code or 0)

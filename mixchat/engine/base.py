@@ -9,6 +9,11 @@ and leaves the engine ready for the next request.
 When the last message that reaches the prompt is an assistant message (see
 ``prompt.prompt_messages``), the engine continues that reply: the prompt ends with its text
 and no end-of-turn marker, and the ``TextDelta`` events carry only the continuation.
+
+Optionally an engine counts tokens without generating: ``count_tokens(messages,
+system_prompt) -> int | None``, the tokens the prompt of ``messages`` fills (None when
+it cannot tell, e.g. before loading). It may be called from any thread, alongside a
+reply. ``count_context_tokens`` calls it on engines that have it.
 """
 
 from __future__ import annotations
@@ -118,6 +123,18 @@ class Failed:
 
 
 Event = LoadProgress | Notice | ContextTrimmed | TextDelta | Usage | Finished | Failed
+
+
+def count_context_tokens(
+    engine: object, messages: Sequence[Message], system_prompt: str | None
+) -> int | None:
+    """Tokens the context of ``messages`` fills, from the engine's optional
+    ``count_tokens``; None for an engine without one."""
+    count = getattr(engine, "count_tokens", None)
+    if not callable(count):
+        return None
+    result = count(messages, system_prompt)
+    return int(result) if result is not None else None
 
 
 class EngineError(Exception):

@@ -50,7 +50,7 @@ from mixchat.engine.remote_http import (
     stream_events,
 )
 from mixchat.engine.remote_reply import ReplyReader, ReplyState
-from mixchat.prompt import PromptError, continues_reply, prompt_messages
+from mixchat.prompt import PromptError, context_messages, continues_reply, prompt_messages
 from mixchat.textsafe import scrub_surrogates
 
 DEFAULT_CONTEXT_SIZE = 32768
@@ -300,6 +300,14 @@ class RemoteEngine:
         return FittedHistory(
             list(usable[fitted.dropped_messages :]), fitted.dropped_messages, len(fitted.ids)
         )
+
+    def count_tokens(self, messages: Sequence[Message], system_prompt: str | None) -> int | None:
+        """Tokens the prompt of ``messages`` fills, counted as ``fit`` counts them (Mixtral's
+        v1 vocabulary); None when there is nothing to count or it does not fit."""
+        try:
+            return self.fit(context_messages(messages), system_prompt, 0).prompt_tokens
+        except PromptError:
+            return None
 
     def request(
         self, messages: Sequence[Message], system_prompt: str | None, params: GenerationParams

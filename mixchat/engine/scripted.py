@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mixchat.conversation import Message
 from mixchat.engine.base import (
+    EngineError,
     Event,
     Failed,
     Finished,
@@ -24,6 +25,7 @@ from mixchat.engine.base import (
     TextDelta,
     Usage,
 )
+from mixchat.prompt import prompt_messages
 
 
 @dataclass
@@ -39,11 +41,18 @@ class ScriptedReply:
 
 @dataclass
 class ScriptedEngine:
-    """Replays queued replies; records what it was asked."""
+    """Replays queued replies; records what it was asked.
+
+    Loading yields ``load_events`` (four 'weights' steps by default), each only once
+    ``load_gate`` (if set) is released for it, then fails with ``load_error`` if set.
+    """
 
     replies: deque[ScriptedReply] = field(default_factory=deque)
     load_delay_s: float = 0.0
     requests: list[tuple[list[Message], str | None, GenerationParams]] = field(default_factory=list)
+    load_events: list[LoadProgress | Notice] | None = None
+    load_gate: threading.Semaphore | None = None
+    load_error: str | None = None
 
     def queue(
         self,
@@ -57,10 +66,23 @@ class ScriptedEngine:
         self.replies.append(ScriptedReply(list(pieces), delay_s, fail_with, gate, gate_from))
 
     def load(self) -> Iterator[LoadProgress | Notice]:
-        """Pretend to load in four steps."""
-        for step in range(1, 5):
-            time.sleep(self.load_delay_s / 4)
-            yield LoadProgress("weights", step, 4)
+        """Pretend to load: the scripted events, or four steps."""
+        events = self.load_events
+        if events is None:
+            events = [LoadProgress("weights", step, 4) for step in range(1, 5)]
+        for event in events:
+            if self.load_gate is not None:
+                self.load_gate.acquire()
+            time.sleep(self.load_delay_s / len(events))
+            yield event
+        if self.load_error is not None:
+            raise EngineError(self.load_error)
+
+    def count_tokens(self, messages: Sequence[Message], system_prompt: str | None) -> int:
+        """A stand-in count: words, plus three per message and for the system prompt."""
+        texts = [m.content for m in prompt_messages(messages)]
+        texts += [system_prompt] if system_prompt else []
+        return sum(len(text.split()) + 3 for text in texts)
 
     def info(self) -> ModelInfo:
         """A fixed description."""

@@ -34,7 +34,7 @@ from mixchat.engine.base import (
 )
 from mixchat.engine.kvcache import PrefixCache
 from mixchat.engine.tokenizer import ChatTokenizer
-from mixchat.prompt import PromptError, continues_reply
+from mixchat.prompt import PromptError, context_messages, continues_reply
 
 _DONE = object()
 
@@ -62,6 +62,8 @@ class TransformersEngine:
         self._model: Any = None
         self._info: ModelInfo | None = None
         self._loading = False  # the model thread is reading weights (cannot be stopped)
+        self._counter: ChatTokenizer | None = None  # count_tokens' own tokenizer
+        self._counter_lock = threading.Lock()
 
     # -- the model thread -------------------------------------------------
 
@@ -150,12 +152,15 @@ class TransformersEngine:
             self._loading = False
 
     def _load(self, emit: Callable[[Any], None]) -> None:
-        from mixchat.engine.local.loader import load_model
         from mixchat.engine.resolve import resolve_model_dir
 
         progress = emit  # loaders report LoadProgress events themselves
         emit(LoadProgress("resolve", 0, 1, self.settings.model))
         self._model_dir = resolve_model_dir(self.settings.model, progress)
+        # torch is imported only once the model is known to be there: a missing model
+        # is reported at once, not after seconds of importing.
+        from mixchat.engine.local.loader import load_model
+
         emit(LoadProgress("tokenizer", 0, 1))
         self._tokenizer = ChatTokenizer(
             self._model_dir, trust_remote_code=self.settings.trust_remote_code
@@ -174,6 +179,22 @@ class TransformersEngine:
             weight_bytes=loaded.weight_bytes,
             context_size=self._tokenizer.context_size,
         )
+
+    def count_tokens(self, messages: Sequence[Message], system_prompt: str | None) -> int | None:
+        """Tokens the prompt of ``messages`` fills (``context_messages``); None before the
+        model is loaded or when it cannot be built. Safe beside a reply: it uses a
+        tokenizer of its own, as the model thread's is not shared between threads."""
+        if self._info is None or self._model_dir is None:
+            return None
+        with self._counter_lock:
+            if self._counter is None:
+                self._counter = ChatTokenizer(
+                    self._model_dir, trust_remote_code=self.settings.trust_remote_code
+                )
+            try:
+                return len(self._counter.build(context_messages(messages), system_prompt, 0).ids)
+            except PromptError:
+                return None
 
     def info(self) -> ModelInfo:
         """What is loaded; valid after ``load``."""

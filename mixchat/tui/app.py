@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ from textual.worker import Worker, WorkerState
 from mixchat.config import Settings, SettingsSources
 from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
 from mixchat.store import ConversationStore
+from mixchat.tui.files import save_text
 from mixchat.tui.messages import ModelFailed, ModelLoading, ModelNotice, ModelReady
+from mixchat.tui.palette import palette_commands
 from mixchat.tui.screens.chat import ChatScreen
 from mixchat.tui.screens.modals import HelpScreen
+from mixchat.tui.screens.setup import MachineCheck, ModelSetupScreen
 from mixchat.tui.themes import ThemeManager
 
 EngineFactory = Callable[[Settings], Engine]
@@ -48,7 +52,10 @@ class MixchatApp(App[None]):
         resume_id: str | None = None,
         on_theme_saved: Callable[[str], None] | None = None,
         flags: Mapping[str, Any] | None = None,
+        check_machine: MachineCheck | None = None,
     ) -> None:
+        """``check_machine`` sums up what ``mixchat doctor`` finds, for the screen shown
+        when no model loads; it runs on a worker thread (it imports torch)."""
         super().__init__()
         # ``settings``: defaults, config and environment; ``flags``: the command line's.
         self.sources = SettingsSources(settings, dict(flags or {}))
@@ -57,6 +64,8 @@ class MixchatApp(App[None]):
         self.store = store
         self.resume_id = resume_id
         self.engine: Engine | None = None
+        self.model_error: str | None = None  # why the model did not load
+        self.check_machine = check_machine
         self.themes = ThemeManager(self, on_saved=on_theme_saved)
         self._model_settled = asyncio.Event()
 
@@ -76,11 +85,16 @@ class MixchatApp(App[None]):
 
     async def on_mount(self) -> None:
         self.themes.install(self.settings.theme)
-        self._load_model()
+        self.load_model()
 
     # -- the model ----------------------------------------------------------
 
-    def _load_model(self) -> None:
+    def load_model(self) -> None:
+        """Load the model on a background thread (again, after a failure)."""
+        self._model_settled.clear()
+        if self.model_error is not None:  # trying again
+            self.model_error = None
+            self.chat_screen.model_loading(None)
         # A daemon thread rather than a Textual worker: loading Mixtral takes minutes and
         # cannot be interrupted, and quitting must not wait for it.
         self._loader = threading.Thread(
@@ -97,8 +111,7 @@ class MixchatApp(App[None]):
         try:
             for event in engine.load():
                 if isinstance(event, LoadProgress):
-                    percent = 100 * event.done // event.total if event.total else None
-                    self.post_message(ModelLoading(event.stage, percent))
+                    self.post_message(ModelLoading(event))
                 elif isinstance(event, Notice):
                     self.post_message(ModelNotice(event.message))
         except Exception as exc:
@@ -111,24 +124,45 @@ class MixchatApp(App[None]):
 
     @on(ModelLoading)
     def on_model_loading(self, message: ModelLoading) -> None:
-        pct = f" {message.percent}%" if message.percent is not None else ""
-        self.chat_screen.status.state = f"loading {message.stage}{pct}"
+        self.chat_screen.model_loading(message.progress)
 
     @on(ModelNotice)
     def on_model_notice(self, message: ModelNotice) -> None:
-        self.notify(message.text, severity="warning")
+        self.notify(message.text, severity="warning", markup=False)
 
     @on(ModelReady)
     def on_model_ready(self, message: ModelReady) -> None:
+        self.model_error = None
         if self.engine is not None:
             self.chat_screen.model_ready(self.engine)
         self._model_settled.set()
 
     @on(ModelFailed)
     def on_model_failed(self, message: ModelFailed) -> None:
-        self.chat_screen.status.state = "error: model not loaded"
-        self.notify(message.error, title="Model failed to load", severity="error", timeout=30)
+        self.model_error = message.error
+        self.chat_screen.model_failed(message.error)
+        if self.resume_id is None and self.chat_screen.conversation is None:
+            self.action_model_setup()  # the first run: nothing else to show
+        else:  # a resumed conversation stays in view
+            self.notify(
+                f"{message.error}\nCtrl+P, Model setup: how to get a model.",
+                title="No model loaded",
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
         self._model_settled.set()
+
+    def action_model_setup(self) -> None:
+        """Show what is missing and how to get a model (when none is loaded)."""
+        if self.model_error is None:
+            self.notify("The model is loaded." if self.engine else "The model is loading.")
+            return
+        if not isinstance(self.screen, ModelSetupScreen):
+            screen = ModelSetupScreen(
+                self.model_error, self.settings, self.check_machine, self.load_model
+            )
+            self.push_screen(screen)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker errors end up: shown, never fatal."""
@@ -147,35 +181,14 @@ class MixchatApp(App[None]):
         self.search_themes()
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        chat = self.chat_screen
-        commands = [
-            ("New conversation", "Start a new conversation (Ctrl+N)", chat.action_new),
-            ("Stop answer", "Stop the answer being generated (Esc)", chat.action_stop),
-            ("Regenerate", "Generate the last answer again (Ctrl+R)", chat.action_regenerate),
-            (
-                "Edit last message",
-                "Edit and resend; drops the old answer (Ctrl+L)",
-                chat.action_edit_last,
-            ),
-            ("Copy last answer", "To the clipboard (F3)", chat.action_copy_answer),
-            ("Copy last code block", "To the clipboard (F4)", chat.action_copy_code),
-            (
-                "Conversation settings",
-                "System prompt, temperature, top-p, max tokens (Ctrl+S)",
-                chat.action_settings,
-            ),
-            ("Rename conversation", "Give the open conversation a title (F2)", chat.action_rename),
-            (
-                "Toggle sidebar",
-                "Show or hide the conversation list (Ctrl+B)",
-                chat.action_toggle_sidebar,
-            ),
-            ("Search conversations", "Filter the conversation list (Ctrl+F)", chat.action_search),
-            ("Keys", "Every key binding (F1)", self.action_help),
-        ]
-        for title, help_text, callback in commands:
-            yield SystemCommand(title, help_text, callback)
+        replaced = {"Keys", "Screenshot"}  # Textual's: its key panel, a screenshot in ~/Downloads
+        yield from (c for c in super().get_system_commands(screen) if c.title not in replaced)
+        yield from palette_commands(self, self.chat_screen)
+
+    def action_save_screenshot(self) -> None:
+        """Save an SVG of the screen in the current (or data) directory and say where."""
+        name = f"mixchat-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        save_text(self, name, self.export_screenshot(), "Screenshot saved")
 
     async def action_quit(self) -> None:
         """Stop any answer (its partial text is saved) and leave."""

@@ -6,16 +6,15 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from mixchat.engine.base import ModelInfo, Usage
+from mixchat.engine.base import LoadProgress, ModelInfo, Usage
 from mixchat.session import ReplyOutcome
 
 
 @dataclass
 class ModelLoading(Message):
-    """Load progress: stage and percent (None when unknown)."""
+    """Load progress, as the engine reported it."""
 
-    stage: str
-    percent: int | None
+    progress: LoadProgress
 
 
 @dataclass
@@ -67,3 +66,18 @@ class ReplyDone(Message):
 
     reply_key: int
     outcome: ReplyOutcome
+
+
+@dataclass
+class ContextCounted(Message):
+    """The context of a conversation was counted: ``tokens`` (None: the engine cannot)."""
+
+    count_key: int
+    tokens: int | None
+
+
+@dataclass
+class MachineReport(Message):
+    """What ``mixchat doctor`` says about this machine, a few lines (or why it could not)."""
+
+    lines: list[str]

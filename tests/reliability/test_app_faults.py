@@ -23,7 +23,11 @@ def test_app_survives_its_conversation_being_deleted_elsewhere() -> None:
         assert cli("rm", conv.id).code == 0
         app.write(b"typed after the rm\r")
         # Either a notification or the crash report names the missing conversation.
-        app.wait_for(lambda out: b"no conversation with id" in out, 60, "the store error")
+        app.wait_for(
+            lambda out: b"no conversation with id" in out or b"deleted elsewhere" in out,
+            60,
+            "the store error",
+        )
         if app.proc.poll() is None:
             app.write(b"\x11")
         code = app.finish(timeout=60)

@@ -33,6 +33,7 @@ def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
         settings: Settings | None = None,
         engine_factory: Callable[[Settings], object] | None = None,
         flags: dict[str, object] | None = None,
+        check_machine: Callable[[Settings], list[str]] | None = None,
     ) -> MixchatApp:
         return MixchatApp(
             settings or Settings(model="scripted-model"),
@@ -41,6 +42,7 @@ def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
             flags=flags,
+            check_machine=check_machine,
         )
 
     return factory

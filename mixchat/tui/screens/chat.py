@@ -1,14 +1,15 @@
 """The main screen: sidebar, conversation, input, status bar, and the chat actions.
 
 Replies run in a thread worker that only posts messages; every widget and
-state change happens here, in message handlers on the UI thread.
+state change happens here, in message handlers on the UI thread. The pending edit
+(``edit``), what the view shows (``shown``), following the store (``chat_sync``) and
+the dialogs (``chat_commands``) live in their own modules.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,35 +19,42 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 
-from mixchat.config import CONVERSATION_KEYS, Settings, SettingsSources, conversation_settings
+from mixchat.config import Settings, SettingsSources, conversation_settings
 from mixchat.conversation import Conversation, Message, Role, Status
 from mixchat.engine.base import (
-    ContextTrimmed,
     Engine,
-    Event,
     GenerationParams,
-    TextDelta,
-    Usage,
+    LoadProgress,
 )
 from mixchat.prompt import prompt_messages
-from mixchat.session import ReplyRecorder, stream_reply
-from mixchat.store import ConversationStore, StoreError
+from mixchat.session import ReplyRecorder
+from mixchat.store import ConversationStore
+from mixchat.tui.edit import LastMessageEdit, last_user_index
 from mixchat.tui.errors import notify_store_errors
-from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, ReplyUsage
-from mixchat.tui.screens.modals import ConfirmScreen, RenameScreen, SettingsScreen
+from mixchat.tui.messages import (
+    ContextTrimmedNote,
+    ReplyDone,
+    ReplyText,
+    ReplyUsage,
+)
+from mixchat.tui.reply import ReplyBuffer, run_reply
+from mixchat.tui.screens.chat_commands import ChatCommands
+from mixchat.tui.screens.chat_sync import StoreSync
+from mixchat.tui.shown import ShownConversation
 from mixchat.tui.widgets.chat_view import AssistantBlock, ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 from mixchat.tui.widgets.sidebar import ConversationList, Sidebar
 from mixchat.tui.widgets.status_bar import StatusBar
 
-CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+BUSY = "An answer is streaming: Esc stops it."
+UNANSWERED = "unanswered: Ctrl+R answers"
 
 
 class ChatScreen(Screen[None]):
     """Chat with the model; everything a session needs on one screen."""
 
     BINDINGS = [
-        Binding("escape", "stop", "Stop", priority=True),
+        Binding("escape", "escape", "Stop", priority=True),
         Binding("ctrl+n", "new", "New"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+l", "edit_last", "Edit last"),
@@ -68,17 +76,18 @@ class ChatScreen(Screen[None]):
         self.resume_id = resume_id
         self.conversation: Conversation | None = None
         self.engine: Engine | None = None
+        self.model_error: str | None = None  # why no model could be loaded
         self.generating = False
-        self.waiting_for_model = False
+        self._on_ready: Callable[[], Awaitable[None]] | None = None  # waits for the model
         self._cancel = threading.Event()
         self._reply_key = 0
         self._block: AssistantBlock | None = None
-        self._buffer: list[str] = []
-        self._buffer_lock = threading.Lock()
-        self._flush_posted = False
+        self._buffer = ReplyBuffer()
         # Settings chosen in the settings window for the next new conversation.
-        self._new_settings: dict[str, Any] = {}
+        self.new_settings: dict[str, Any] = {}
         self.exit_after_reply = False
+        self.commands = ChatCommands(self)
+        self.store_sync = StoreSync(self)
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -89,15 +98,22 @@ class ChatScreen(Screen[None]):
         yield StatusBar(self.settings.model, id="status")
 
     async def on_mount(self) -> None:
+        self.shown = ShownConversation(self.chat)
+        self.edit = LastMessageEdit(self.chat, self.prompt)
+        self.store_sync.start()
         if self.resume_id is not None:
             await self.open_conversation(self.resume_id)
-        self.query_one(PromptInput).focus()
+        self.prompt.focus()
 
     # -- helpers ------------------------------------------------------------
 
     @property
     def chat(self) -> ChatView:
         return self.query_one(ChatView)
+
+    @property
+    def prompt(self) -> PromptInput:
+        return self.query_one(PromptInput)
 
     @property
     def status(self) -> StatusBar:
@@ -107,32 +123,84 @@ class ChatScreen(Screen[None]):
     def sidebar(self) -> Sidebar:
         return self.query_one(Sidebar)
 
+    @property
+    def waiting_for_model(self) -> bool:
+        """A message is saved and will be answered once the model has loaded."""
+        return self._on_ready is not None
+
     def effective_settings(self) -> Settings:
-        """The settings in effect for the open conversation, or for the next new one."""
+        """The settings in effect for the open conversation, or for the next new one:
+        defaults < config < environment < the conversation's saved settings < flags."""
         if self.conversation is not None:
             return self.sources.effective(self.conversation)
-        return replace(self.sources.effective(), **self._new_settings)
+        return replace(self.sources.effective(), **self.new_settings)
 
-    def _params(self) -> GenerationParams:
+    def params(self) -> GenerationParams:
+        """Sampling settings for the next reply."""
         return GenerationParams.from_settings(self.effective_settings())
 
-    def _system_prompt(self) -> str | None:
+    def system_prompt(self) -> str | None:
+        """The system prompt of the open (or the next new) conversation."""
         return self.effective_settings().system_prompt
 
-    def _reload_conversation(self) -> None:
+    @property
+    def streaming_text(self) -> str | None:
+        """The text of the reply streaming now, if any."""
+        return self._block.source if self._block is not None else None
+
+    def reload_conversation(self) -> None:
+        """Read the open conversation again from the store."""
         if self.conversation is not None:
             self.conversation = self.store.get_conversation(self.conversation.id)
 
+    def offer_answer(self, say: bool) -> None:
+        """Mark an open conversation whose last message has no answer (and say so)."""
+        usable = prompt_messages(self.conversation.messages) if self.conversation else []
+        unanswered = bool(usable) and usable[-1].role is Role.USER
+        if not unanswered and self.status.reply_state == UNANSWERED:
+            self.status.reply_state = ""  # answered since (from elsewhere, say)
+        if self.generating or self.waiting_for_model or not unanswered:
+            return
+        self.status.reply_state = UNANSWERED
+        if say and self.engine is not None:
+            self.notify("Your last message has no answer yet: Ctrl+R answers it.")
+
     # -- model state (called by the app) ------------------------------------
+
+    def model_loading(self, event: LoadProgress | None) -> None:
+        """Loading (again, if ``event`` is None) advanced."""
+        self.model_error = None
+        if event is None:
+            self.status.model_state = "loading"
+        else:
+            self.status.show_load(event)
 
     def model_ready(self, engine: Engine) -> None:
         """The engine is loaded; start a reply that was waiting for it."""
         self.engine = engine
+        self.model_error = None
         self.status.set_info(engine.info())
-        self.status.state = "ready"
-        if self.waiting_for_model:
-            self.waiting_for_model = False
-            self.call_later(self.start_reply)
+        self.status.model_state = "ready"
+        action, self._on_ready = self._on_ready, None
+        if action is not None:
+            self.call_later(action)
+            return
+        self.count_context()
+        self.offer_answer(say=True)
+
+    def model_failed(self, error: str) -> None:
+        """No model could be loaded: say so, and drop a reply that was waiting for it."""
+        self.model_error = error
+        self.status.model_state = "no model"
+        if self._on_ready is not None:
+            self._on_ready = None
+            self.status.reply_state = "unanswered"
+
+    def count_context(self) -> None:
+        """Count the open conversation's tokens for the status bar (if the engine can)."""
+        conv = self.conversation
+        if self.engine is not None and conv is not None:
+            self.status.count_context(self.engine, list(conv.messages), self.system_prompt())
 
     # -- sending and streaming ----------------------------------------------
 
@@ -142,113 +210,97 @@ class ChatScreen(Screen[None]):
 
     @notify_store_errors
     async def send(self, text: str) -> None:
-        """Commit the user's message, show it, and ask for a reply."""
+        """Commit the user's message (in place of the edited one), show it, get a reply."""
         if self.generating:
-            self.notify("An answer is still streaming: Esc stops it.", severity="warning")
+            self.notify(BUSY, severity="warning")
             return
+        editing, open_before = self.edit.pending is not None, self.conversation is not None
+        await self.store_sync.check()  # the prompt never holds a turn the view does not show
+        if (editing and self.edit.pending is None) or (open_before and self.conversation is None):
+            return  # changed or deleted under the user's eyes: the text waits in the box
         message = Message(Role.USER, text)
-        if self.conversation is None:
+        edit = self.edit.pending
+        if edit is not None and self.conversation is not None:
+            self.store.replace_from(edit.message_id, message)
+            self.edit.end(restore_draft=False)
+            await self.shown.drop_from(edit.index)
+        elif self.conversation is None:
             # One transaction: a conversation never exists without its first message.
-            settings = self.effective_settings()
             self.conversation = self.store.create_conversation(
                 model=self.settings.model,
-                system_prompt=settings.system_prompt,
-                settings=conversation_settings(settings),
+                system_prompt=self.system_prompt(),
+                settings=conversation_settings(self.effective_settings()),
                 first_message=message,
             )
-            self._new_settings = {}
+            self.new_settings = {}
             self.sidebar.current_id = self.conversation.id
         else:
             self.store.append_message(self.conversation.id, message)
-        self._reload_conversation()
-        self.query_one(PromptInput).clear()
+        self.reload_conversation()
+        self.prompt.take(text)
+        if edit is not None:  # what the box held before the edit comes back
+            self.prompt.recall(edit.draft + self.prompt.text)
         await self.chat.add_user(text)
+        self.shown.appended(message)
         self.sidebar.reload()
-        if self.engine is None:
-            self.waiting_for_model = True
-            self.status.state = "waiting for the model"
-            return
-        await self.start_reply()
+        self.status.reset(self.status.context_used)
+        self.count_context()
+        await self._answer()
+
+    async def _answer(self) -> None:
+        if self.engine is not None:
+            await self.start_reply()
+        elif self.model_error is not None:
+            self.status.reply_state = "unanswered"
+            self.notify(
+                "No model is loaded, so nothing will answer: your message is saved. "
+                "Load a model (Ctrl+P, Model setup), then Ctrl+R answers it.",
+                severity="warning",
+            )
+        else:
+            self._on_ready = self.start_reply
+            self.status.reply_state = "waiting for the model"
 
     @notify_store_errors
     async def start_reply(self) -> None:
         """Stream a reply to the conversation as it stands."""
         if self.engine is None or self.conversation is None or self.generating:
             return
+        recorder = ReplyRecorder(self.store, self.conversation.id)
         self._reply_key += 1
         self._cancel = threading.Event()
         self.generating = True
-        self.status.state = "generating"
+        self.status.reply_state = "generating"
         self.status.tokens_per_s = None
+        self._buffer.reset()
         self._block = await self.chat.add_assistant()
-        recorder = ReplyRecorder(self.store, self.conversation.id)
+        reply_id = recorder.outcome.message_id
+        self.shown.appended(Message(Role.ASSISTANT, "", Status.INTERRUPTED, id=reply_id))
         history = prompt_messages(self.conversation.messages)
         self._run_reply(
+            self._reply_key,
             self.engine,
             recorder,
             history,
-            self._system_prompt(),
-            self._params(),
+            self.system_prompt(),
+            self.params(),
             self._cancel,
-            self._reply_key,
         )
 
     @work(thread=True, group="reply", exit_on_error=False)
-    def _run_reply(
-        self,
-        engine: Engine,
-        recorder: ReplyRecorder,
-        history: list[Message],
-        system_prompt: str | None,
-        params: GenerationParams,
-        cancel: threading.Event,
-        key: int,
-    ) -> None:
-        def on_event(event: Event) -> None:
-            if isinstance(event, TextDelta):
-                with self._buffer_lock:
-                    self._buffer.append(event.text)
-                    if self._flush_posted:
-                        return  # coalesce: one message drains everything pending
-                    self._flush_posted = True
-                self.post_message(ReplyText(key))
-            elif isinstance(event, Usage):
-                self.post_message(ReplyUsage(key, event))
-            elif isinstance(event, ContextTrimmed):
-                self.post_message(ContextTrimmedNote(event.dropped_messages))
-
-        try:
-            outcome = stream_reply(
-                engine, recorder, history, system_prompt, params, cancel, on_event
-            )
-        except Exception as exc:  # the engine or the store broke: keep what we can, say why
-            try:
-                outcome = recorder.finish(Status.ERROR)
-            except StoreError:
-                outcome = recorder.outcome
-                outcome.status = Status.ERROR
-            outcome.error = (
-                f"{type(exc).__name__}: {exc}" if not isinstance(exc, StoreError) else str(exc)
-            )
-        self.post_message(ReplyDone(key, outcome))
-
-    def _drain(self) -> str:
-        with self._buffer_lock:
-            text = "".join(self._buffer)
-            self._buffer.clear()
-            self._flush_posted = False
-        return text
+    def _run_reply(self, *args: Any) -> None:
+        run_reply(self.post_message, self._buffer, *args)
 
     @on(ReplyText)
     async def on_reply_text(self, message: ReplyText) -> None:
         if message.reply_key == self._reply_key and self._block is not None:
-            await self._block.append(self._drain())
+            await self._block.append(self._buffer.drain())
+            self.status.tokens_per_s = self._buffer.tokens_per_s
 
     @on(ReplyUsage)
     def on_reply_usage(self, message: ReplyUsage) -> None:
         if message.reply_key == self._reply_key:
-            self.status.tokens_per_s = message.usage.tokens_per_s
-            self.status.context_used = message.usage.prompt_tokens + message.usage.completion_tokens
+            self.status.show_usage(message.usage, self._buffer.tokens_per_s)
 
     @on(ContextTrimmedNote)
     def on_context_trimmed(self, message: ContextTrimmedNote) -> None:
@@ -262,32 +314,47 @@ class ChatScreen(Screen[None]):
         outcome = message.outcome
         block = self._block
         if block is not None:
-            await block.append(self._drain())
+            await block.append(self._buffer.drain())
             await block.finish()
             block.set_status(outcome.status, outcome.error or "")
         self.generating = False
         self._block = None
         if outcome.error:
-            self.status.state = "error"
-            self.notify(outcome.error, title="Generation failed", severity="error")
-        elif outcome.status is Status.INTERRUPTED:
-            self.status.state = "stopped"
+            self.status.reply_state = "error"
+            self.notify(outcome.error, title="Generation failed", severity="error", markup=False)
         else:
-            self.status.state = "ready"
-        self._reload_conversation()
+            self.status.reply_state = "stopped" if outcome.status is Status.INTERRUPTED else ""
+        if self.conversation is not None:
+            self.reload_conversation()
+            assert self.conversation is not None
+            for saved in self.conversation.messages:
+                if saved.id == outcome.message_id:
+                    self.shown.settled(saved)
+            await self.shown.update(self.conversation.messages)  # and what came from elsewhere
         self.sidebar.reload()
         if self.exit_after_reply:
             self.app.exit()
 
     # -- actions ------------------------------------------------------------
 
+    def action_escape(self) -> None:
+        """Esc: clear the search box, then leave it; cancel an edit; else stop the answer."""
+        if self.sidebar.clear_search():
+            return
+        if self.focused is self.sidebar.query_one("#search"):
+            self.prompt.focus()
+        elif self.edit.pending is not None:
+            self.edit.end(restore_draft=True)
+        else:
+            self.action_stop()
+
     def action_stop(self) -> None:
         """Stop the answer (the partial reply stays, marked stopped)."""
         if self.generating:
             self._cancel.set()
-        elif self.waiting_for_model:
-            self.waiting_for_model = False
-            self.status.state = "loading"
+        elif self._on_ready is not None:
+            self._on_ready = None
+            self.status.reply_state = "unanswered"
             self.notify("The message is saved; it will not be answered automatically.")
 
     async def action_new(self) -> None:
@@ -295,12 +362,14 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.notify("Stop the answer first (Esc).", severity="warning")
             return
+        self.edit.end(restore_draft=True)
+        self._on_ready = None
         self.conversation = None
-        self._new_settings = {}
+        self.new_settings = {}
         self.sidebar.current_id = None
-        await self.chat.show_conversation([])
-        self.status.context_used = 0
-        self.query_one(PromptInput).focus()
+        await self.shown.show([])
+        self.status.reset()
+        self.prompt.focus()
 
     @notify_store_errors
     async def open_conversation(self, conversation_id: str) -> None:
@@ -308,14 +377,17 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.notify("Stop the answer first (Esc).", severity="warning")
             return
-        self.conversation = self.store.get_conversation(conversation_id)
-        self.sidebar.current_id = self.conversation.id
-        await self.chat.show_conversation(self.conversation.messages)
-        last = self.conversation.messages[-1] if self.conversation.messages else None
-        self.status.context_used = (
-            (last.prompt_tokens or 0) + (last.completion_tokens or 0) if last else 0
-        )
-        self.query_one(PromptInput).focus()
+        conversation = self.store.get_conversation(conversation_id)
+        self.edit.end(restore_draft=True)
+        self._on_ready = None
+        self.conversation = conversation
+        self.sidebar.current_id = conversation.id
+        await self.shown.show(conversation.messages)
+        last = conversation.messages[-1] if conversation.messages else None
+        self.status.reset((last.prompt_tokens or 0) + (last.completion_tokens or 0) if last else 0)
+        self.count_context()
+        self.offer_answer(say=True)
+        self.prompt.focus()
 
     @on(Sidebar.Opened)
     async def on_sidebar_opened(self, event: Sidebar.Opened) -> None:
@@ -323,62 +395,52 @@ class ChatScreen(Screen[None]):
 
     @notify_store_errors
     async def action_regenerate(self) -> None:
-        """Drop the last answer and generate it again."""
-        if self.generating or self.conversation is None or not self.conversation.messages:
+        """Answer the last message of the user's again, dropping the answer after it."""
+        if self.generating:
+            self.notify(BUSY, severity="warning")
             return
-        last = self.conversation.messages[-1]
-        if last.role is Role.ASSISTANT and last.id is not None:
-            self.store.truncate_from(last.id)
-            await self.chat.remove_last(1)
-            self._reload_conversation()
+        await self.store_sync.check()
+        conv = self.conversation
+        index = last_user_index(conv.messages) if conv is not None else None
+        if conv is None or index is None:
+            self.notify("Nothing to regenerate: no message of yours to answer.", severity="warning")
+            return
+        if self.model_error is not None:
+            self.notify("No model is loaded: nothing was changed.", severity="warning")
+            return
+        self.edit.end(restore_draft=True)
         if self.engine is None:
-            self.waiting_for_model = True
+            self._on_ready = self.action_regenerate  # nothing is dropped before it can answer
+            self.status.reply_state = "waiting for the model"
             return
+        later = conv.messages[index + 1 :]
+        if later and later[0].id is not None:
+            self.store.truncate_from(later[0].id)
+            await self.shown.drop_from(index + 1)
+            self.reload_conversation()
+        self.status.reset(self.status.context_used)
+        self.count_context()  # without the dropped answer
         await self.start_reply()
 
-    @notify_store_errors
-    async def action_edit_last(self) -> None:
-        """Put the last user message back in the input; its old answer is dropped."""
-        if self.generating or self.conversation is None:
+    def action_edit_last(self) -> None:
+        """Put the last user message back in the input; nothing is dropped until it is sent."""
+        if self.generating:
+            self.notify(BUSY, severity="warning")
             return
-        messages = self.conversation.messages
-        index = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=None)
-        if index is None or messages[index].id is None:
+        if self.conversation is None or not self.edit.begin(self.conversation.messages):
+            self.notify("No message of yours to edit here.", severity="warning")
             return
-        text = messages[index].content
-        self.store.truncate_from(messages[index].id)  # type: ignore[arg-type]
-        await self.chat.remove_last(len(messages) - index)
-        self._reload_conversation()
-        prompt = self.query_one(PromptInput)
-        prompt.text = text
-        prompt.focus()
-        self.notify("Editing the last message: the old answer was dropped. Enter resends.")
-
-    def _last_answer(self) -> str | None:
-        if self._block is not None:
-            return self._block.source
-        if self.conversation is None:
-            return None
-        answers = [m for m in self.conversation.messages if m.role is Role.ASSISTANT]
-        return answers[-1].content if answers else None
+        if self._on_ready is not None:  # it is being rewritten: do not answer the old text
+            self._on_ready = None
+            self.status.reply_state = ""
 
     def action_copy_answer(self) -> None:
         """Copy the last answer to the clipboard (OSC 52)."""
-        answer = self._last_answer()
-        if not answer:
-            self.notify("No answer to copy yet.", severity="warning")
-            return
-        self.app.copy_to_clipboard(answer)
-        self.notify("Copied the last answer.")
+        self.commands.copy_answer()
 
     def action_copy_code(self) -> None:
         """Copy the last code block of the last answer."""
-        blocks = CODE_BLOCK.findall(self._last_answer() or "")
-        if not blocks:
-            self.notify("The last answer has no code block.", severity="warning")
-            return
-        self.app.copy_to_clipboard(blocks[-1])
-        self.notify("Copied the last code block.")
+        self.commands.copy_code()
 
     def action_toggle_sidebar(self) -> None:
         """Show or hide the conversation list."""
@@ -389,74 +451,26 @@ class ChatScreen(Screen[None]):
         self.sidebar.display = True
         self.sidebar.query_one("#search").focus()
 
-    @notify_store_errors
     def action_settings(self) -> None:
         """Edit this conversation's system prompt and generation settings."""
-        settings = self.effective_settings()
-        current = {"system_prompt": settings.system_prompt, **conversation_settings(settings)}
-
-        @notify_store_errors
-        def apply(self: ChatScreen, result: dict[str, Any] | None) -> None:
-            if result is None:
-                return
-            changed = {k: v for k, v in result.items() if v != current[k]}
-            # What the user just chose wins over a flag given when the app started.
-            self.sources = self.sources.without_flags(changed)
-            if self.conversation is None:
-                self._new_settings.update(changed)
-            else:
-                saved = {k: result[k] for k in CONVERSATION_KEYS}
-                self.store.update_settings(
-                    self.conversation.id,
-                    system_prompt=result["system_prompt"],
-                    settings={**self.conversation.settings, **saved},
-                )
-                self._reload_conversation()
-            self.notify("Settings saved for this conversation.")
-
-        self.app.push_screen(SettingsScreen(current), functools.partial(apply, self))
-
-    @notify_store_errors
-    def _rename(self, conversation_id: str) -> None:
-        conv = self.store.get_conversation(conversation_id)
-
-        @notify_store_errors
-        def apply(self: ChatScreen, title: str | None) -> None:
-            if title:
-                self.store.rename(conversation_id, title)
-                if self.conversation is not None and self.conversation.id == conversation_id:
-                    self.conversation = replace(self.conversation, title=title)
-                self.sidebar.reload()
-
-        self.app.push_screen(RenameScreen(conv.title), functools.partial(apply, self))
+        self.commands.settings()
 
     def action_rename(self) -> None:
         """Rename the open conversation."""
         if self.conversation is not None:
-            self._rename(self.conversation.id)
+            self.commands.rename(self.conversation.id)
+
+    def action_delete(self) -> None:
+        """Delete the open conversation (asks first)."""
+        if self.conversation is None:
+            self.notify("No conversation is open.", severity="warning")
+            return
+        self.commands.delete(self.conversation.id)
 
     @on(ConversationList.RenameRequested)
     def on_rename_requested(self, event: ConversationList.RenameRequested) -> None:
-        self._rename(event.conversation_id)
+        self.commands.rename(event.conversation_id)
 
     @on(ConversationList.DeleteRequested)
-    @notify_store_errors
     def on_delete_requested(self, event: ConversationList.DeleteRequested) -> None:
-        conv_id = event.conversation_id
-        title = self.store.get_conversation(conv_id).title or "(untitled)"
-
-        @notify_store_errors
-        async def apply(self: ChatScreen, confirmed: bool | None) -> None:
-            if not confirmed:
-                return
-            if self.conversation is not None and self.conversation.id == conv_id:
-                if self.generating:
-                    self.notify("Stop the answer first (Esc).", severity="warning")
-                    return
-                await self.action_new()
-            self.store.delete(conv_id)
-            self.sidebar.reload()
-            self.notify("Conversation deleted.")
-
-        question = f"Delete “{title}”? This cannot be undone."
-        self.app.push_screen(ConfirmScreen(question), functools.partial(apply, self))
+        self.commands.delete(event.conversation_id)

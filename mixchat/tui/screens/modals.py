@@ -113,10 +113,10 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
 HELP_ROWS = [
     ("Enter", "send the message"),
     ("Shift+Enter, Ctrl+J", "new line in the message"),
-    ("Esc", "stop the answer"),
+    ("Esc", "stop the answer (in the search box: clear it, then leave it)"),
     ("Ctrl+N", "new conversation"),
-    ("Ctrl+R", "regenerate the last answer"),
-    ("Ctrl+L", "edit the last message and resend (drops the old answer)"),
+    ("Ctrl+R", "answer your last message again (replaces the answer after it)"),
+    ("Ctrl+L", "edit your last message: Enter sends it in place of the old turn, Esc cancels"),
     ("F3", "copy the last answer"),
     ("F4", "copy the last code block"),
     ("Ctrl+S", "conversation settings: system prompt, temperature, top-p, max tokens"),

@@ -358,6 +358,12 @@ class ChatView(VerticalScroll):
         self.anchor()
         return block
 
+    async def add_messages(self, messages: list[Message]) -> None:
+        """Append saved messages after those shown (written elsewhere, say)."""
+        if messages:
+            await self.mount_all([self._block(m) for m in messages])
+            self.anchor()
+
     async def remove_last(self, count: int) -> None:
         """Drop the last ``count`` blocks (regenerate, edit)."""
         children = list(self.query(".message"))

@@ -8,6 +8,8 @@ from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
+from mixchat.tui.widgets.keys import run_binding_now
+
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 
 
@@ -44,7 +46,20 @@ class PromptInput(TextArea):
             if text.strip():
                 self.post_message(self.Submitted(text))
             return
+        if await run_binding_now(self, event):  # Backspace & co. in typing order
+            return
         await super()._on_key(event)
+
+    def take(self, sent: str) -> None:
+        """Remove ``sent`` (the text just sent) from the box, keeping whatever was typed
+        after Enter while the message was being saved."""
+        current = self.text
+        self.recall(current[len(sent) :] if current.startswith(sent) else current)
+
+    def recall(self, text: str) -> None:
+        """Replace the text with ``text``, the cursor at its end, ready to type on."""
+        self.text = text
+        self.move_cursor(self.document.end)
 
     def action_newline(self) -> None:
         """Insert a line break at the cursor."""

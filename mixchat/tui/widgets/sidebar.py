@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -17,6 +17,7 @@ from textual.worker import get_current_worker
 
 from mixchat.store import ConversationStore, ConversationSummary, StoreError
 from mixchat.textsafe import neutralize
+from mixchat.tui.widgets.keys import run_binding_now
 
 LIST_LIMIT = 500
 
@@ -24,6 +25,15 @@ LIST_LIMIT = 500
 def _label(summary: ConversationSummary) -> Text:
     title = " ".join(neutralize(summary.title or "(untitled)").split())
     return Text(title, no_wrap=True, overflow="ellipsis")
+
+
+class SearchBox(Input):
+    """The search field; its bound keys (Backspace...) apply in typing order."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        if await run_binding_now(self, event):
+            return
+        await super()._on_key(event)
 
 
 class ConversationList(OptionList):
@@ -70,10 +80,10 @@ class Sidebar(Vertical):
     def __init__(self, store: ConversationStore, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.store = store
-        self.current_id: str | None = None
+        self._current_id: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="Search conversations", id="search")
+        yield SearchBox(placeholder="Search conversations", id="search")
         yield ConversationList(id="conversations")
 
     def on_mount(self) -> None:
@@ -82,6 +92,33 @@ class Sidebar(Vertical):
     @property
     def options(self) -> ConversationList:
         return self.query_one(ConversationList)
+
+    @property
+    def current_id(self) -> str | None:
+        """The open conversation, highlighted in the list (None: a new one)."""
+        return self._current_id
+
+    @current_id.setter
+    def current_id(self, conversation_id: str | None) -> None:
+        self._current_id = conversation_id
+        if self.is_mounted:
+            self._highlight_current()
+
+    def _highlight_current(self) -> None:
+        options = self.options
+        if self._current_id is None:
+            options.highlighted = None
+            return
+        with contextlib.suppress(OptionDoesNotExist):  # filtered out, or not listed yet
+            options.highlighted = options.get_option_index(self._current_id)
+
+    def clear_search(self) -> bool:
+        """Esc in the search box: empty it if it holds text. True if it did."""
+        search = self.query_one("#search", Input)
+        if not (search.has_focus and search.value):
+            return False
+        search.value = ""
+        return True
 
     @dataclass
     class _Found(Message):
@@ -149,12 +186,15 @@ class Sidebar(Vertical):
         previous = options.highlighted_option.id if options.highlighted_option else None
         options.clear_options()
         options.add_options([Option(_label(r), id=r.id) for r in rows])
-        for wanted_id in (previous, self.current_id):
+        # The highlight marks the open conversation, unless the user is moving through
+        # the list (or searching it): then it stays where they put it.
+        browsing = options.has_focus or bool(self.query_one("#search", Input).value)
+        for wanted_id in (previous, self._current_id) if browsing else (self._current_id,):
             if wanted_id is not None:
                 with contextlib.suppress(OptionDoesNotExist):  # filtered out
                     options.highlighted = options.get_option_index(wanted_id)
                     return
-        if rows:
+        if browsing and rows:
             options.highlighted = 0
 
     def on_input_changed(self, event: Input.Changed) -> None:

@@ -1,18 +1,60 @@
-"""One line at the bottom: model, quantization, attention, device, state, speed, context."""
+"""One line at the bottom: model, quantization, attention, device, state, speed, context.
+
+The state has two layers: the model's (loading, with its progress; ready; no model) and
+the open conversation's (generating, stopped, error, ...), which shows when set and is
+cleared when another conversation opens.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
+from textual import on, work
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from mixchat.engine.base import ModelInfo
+from mixchat.conversation import Message
+from mixchat.engine.base import Engine, LoadProgress, ModelInfo, Usage, count_context_tokens
+from mixchat.textsafe import neutralize
+from mixchat.tui.messages import ContextCounted
+
+BYTE_STAGES = {"download", "bytes"}
+BYTE_TOTAL = 1 << 20  # a total this large counts bytes (no model has a million shards)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def describe_load(event: LoadProgress) -> str:
+    """'loading weights 3/8 shards (37%) · model-00003-of-00008.safetensors'.
+
+    Bytes (a download stage, or totals beyond a megabyte) are shown in kB/MB/GB; other
+    counts with the unit the event names (an optional ``unit`` attribute), if any.
+    """
+    text = f"loading {event.stage}"
+    if event.total > 1:  # a one-step stage has nothing to count
+        done = min(max(event.done, 0), event.total)
+        if event.stage in BYTE_STAGES or event.total >= BYTE_TOTAL:
+            amount = f"{_size(done)}/{_size(event.total)}"
+        else:
+            unit = str(getattr(event, "unit", "") or "")
+            amount = f"{done}/{event.total}" + (f" {unit}" if unit else "")
+        text += f" {amount} ({100 * done // event.total}%)"
+    if event.detail:
+        text += f" · {' '.join(neutralize(event.detail).split())}"
+    return text
 
 
 class StatusBar(Static):
     """Shows what is loaded and what it is doing."""
 
-    state: reactive[str] = reactive("loading")
+    model_state: reactive[str] = reactive("loading")
+    reply_state: reactive[str] = reactive("")
     tokens_per_s: reactive[float | None] = reactive(None)
     context_used: reactive[int] = reactive(0)
 
@@ -20,13 +62,57 @@ class StatusBar(Static):
         super().__init__("", **kwargs)  # type: ignore[arg-type]
         self.model_name = model_name
         self.info: ModelInfo | None = None
+        self._count_key = 0  # the newest count; older ones are dropped
+
+    @property
+    def state(self) -> str:
+        """What is shown as the state: the conversation's, else the model's."""
+        return self.reply_state or self.model_state
 
     def set_info(self, info: ModelInfo) -> None:
         """Record the loaded model's description."""
         self.info = info
         self.refresh_text()
 
-    def watch_state(self) -> None:
+    def show_load(self, event: LoadProgress) -> None:
+        """Show how far loading has come."""
+        self.model_state = describe_load(event)
+
+    def reset(self, context_used: int = 0) -> None:
+        """Another conversation is open: drop the last one's state and speed."""
+        self._count_key += 1
+        self.reply_state = ""
+        self.tokens_per_s = None
+        self.context_used = context_used
+
+    def show_usage(self, usage: Usage, live_rate: float | None) -> None:
+        """A reply's figures: its speed (else the one measured live) and the context."""
+        self._count_key += 1  # exact now: a count still under way is older
+        self.tokens_per_s = usage.tokens_per_s or live_rate
+        self.context_used = usage.prompt_tokens + usage.completion_tokens
+
+    def count_context(
+        self, engine: Engine, messages: Sequence[Message], system_prompt: str | None
+    ) -> None:
+        """Count the tokens of a conversation on a worker, and show them (engines that
+        cannot count leave the figure as it is)."""
+        self._count_key += 1
+        self._count(engine, list(messages), system_prompt, self._count_key)
+
+    @work(thread=True, group="count", exit_on_error=False)
+    def _count(self, engine: Engine, messages: list[Message], system: str | None, key: int) -> None:
+        self.post_message(ContextCounted(key, count_context_tokens(engine, messages, system)))
+
+    @on(ContextCounted)
+    def _on_counted(self, message: ContextCounted) -> None:
+        message.stop()
+        if message.count_key == self._count_key and message.tokens is not None:
+            self.context_used = message.tokens
+
+    def watch_model_state(self) -> None:
+        self.refresh_text()
+
+    def watch_reply_state(self) -> None:
         self.refresh_text()
 
     def watch_tokens_per_s(self) -> None:
@@ -37,16 +123,16 @@ class StatusBar(Static):
 
     def refresh_text(self) -> None:
         """Re-render the line."""
-        parts = [self.model_name]
+        parts = [neutralize(self.model_name)]
         if self.info is not None:
             parts += [
                 self.info.quantization if self.info.quantization != "none" else self.info.dtype,
                 self.info.attention,
-                self.info.device,
+                neutralize(self.info.device),
             ]
         parts.append(self.state)
         if self.tokens_per_s:
             parts.append(f"{self.tokens_per_s:.1f} tok/s")
         if self.info is not None:
             parts.append(f"ctx {self.context_used:,}/{self.info.context_size:,}")
-        self.update(Text(" │ ".join(parts)))
+        self.update(Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis"))

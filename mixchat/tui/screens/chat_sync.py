@@ -1,0 +1,75 @@
+"""The chat screen follows the store: conversations made, renamed or deleted by another
+process show in the list, and turns added to the open conversation (``mixchat ask -c``,
+another window) show in the view, so the next prompt never holds text the user cannot see.
+
+Changes are noticed cheaply: SQLite's ``PRAGMA data_version`` (``store.data_version()``)
+moves only when another connection commits, and costs no disk read, so it is polled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mixchat.store import NotFoundError, StoreError
+from mixchat.tui.errors import notify_store_errors
+
+if TYPE_CHECKING:
+    from mixchat.tui.screens.chat import ChatScreen
+
+STORE_POLL_S = 1.0  # how often the store is asked whether another process wrote to it
+
+
+class StoreSync:
+    """Polls the store for a ``ChatScreen`` and brings the screen up to date."""
+
+    def __init__(self, screen: ChatScreen) -> None:
+        self.screen = screen
+        self._version: int | None = None
+
+    def start(self) -> None:
+        """Take the store's current state as seen, and poll from now on."""
+        try:
+            self._version = self.screen.store.data_version()
+        except StoreError:
+            self._version = None
+        self.screen.set_interval(STORE_POLL_S, self.check)
+
+    async def check(self) -> None:
+        """Follow what other processes wrote: the list, and the open conversation (after
+        the reply, if one streams: the reply's end brings the view up to date)."""
+        screen = self.screen
+        try:
+            version = screen.store.data_version()
+        except StoreError:
+            return
+        if version == self._version:
+            return
+        self._version = version
+        screen.sidebar.reload()
+        if not screen.generating:
+            await self.follow()
+
+    @notify_store_errors
+    async def follow(self) -> None:
+        """Show the open conversation as the store holds it now."""
+        screen = self.screen
+        if screen.conversation is None:
+            return
+        try:
+            fresh = screen.store.get_conversation(screen.conversation.id)
+        except NotFoundError:
+            screen.edit.end(restore_draft=False)
+            screen.notify("The open conversation was deleted elsewhere.", severity="warning")
+            await screen.action_new()
+            return
+        screen.conversation = fresh
+        if screen.edit.pending is not None and not screen.edit.still_applies(fresh.messages):
+            screen.edit.end(restore_draft=False)
+            screen.notify("The conversation changed elsewhere: the edit is cancelled.")
+        if await screen.shown.update(fresh.messages):
+            screen.count_context()
+            screen.offer_answer(say=False)
+
+    def notify(self, message: str, **kwargs: object) -> None:
+        """For ``notify_store_errors``: a failed read is shown on the screen."""
+        self.screen.notify(message, **kwargs)  # type: ignore[arg-type]
