@@ -107,6 +107,12 @@ def ask(
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the exact prompt; load no weights.")
     ] = False,
+    continue_reply: Annotated[
+        bool,
+        typer.Option(
+            "--continue-reply", help="With -c or --conversation: go on with the last answer."
+        ),
+    ] = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     from mixchat.commands.ask import AskRequest, run_ask
@@ -119,6 +125,7 @@ def ask(
         save=not no_save,
         as_json=as_json,
         show_prompt=show_prompt,
+        continue_reply=continue_reply,
     )
     raise typer.Exit(run_ask(request))
 

@@ -42,6 +42,8 @@ class Message:
     ttft_s: float | None = None
     duration_s: float | None = None
     created_at: float = field(default_factory=time.time)
+    # Why a reply ended, when known: "stop", or "length" (cut by the token limit).
+    finish_reason: str | None = None
 
 
 @dataclass

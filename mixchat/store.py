@@ -148,8 +148,13 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migration_finish_reason(conn: sqlite3.Connection) -> None:
+    # Why a reply ended: "stop", or "length" when the token limit cut it (it can be continued).
+    conn.execute("ALTER TABLE messages ADD COLUMN finish_reason TEXT")
+
+
 # Applied in order; the schema version is len(MIGRATIONS). Only ever append.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_finish_reason]
 
 
 def _error(exc: sqlite3.Error, path: Path) -> StoreError:
@@ -271,6 +276,7 @@ def _message(row: sqlite3.Row) -> Message:
         ttft_s=row["ttft_s"],
         duration_s=row["duration_s"],
         created_at=row["created_at"],
+        finish_reason=row["finish_reason"],
     )
 
 
@@ -614,8 +620,8 @@ class ConversationStore:
         stats = (m.prompt_tokens, m.completion_tokens, m.ttft_s, m.duration_s)
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, status,"
-            " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at,"
+            " finish_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv_id,
                 position,
@@ -624,6 +630,7 @@ class ConversationStore:
                 status.value,
                 *stats,
                 *[m.created_at] * 2,
+                m.finish_reason,
             ),
         )
         return replace(m, id=cur.lastrowid, role=role, status=status)
@@ -659,6 +666,21 @@ class ConversationStore:
         return self.append_message(conversation_id, reply)
 
     @_guarded
+    def reopen_reply(self, message_id: int, conversation_id: str) -> Message:
+        """Mark a saved assistant reply as streaming again (INTERRUPTED until finished), to be
+        continued where it ended; its text stays."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE messages SET status = ?, finish_reason = NULL, updated_at = ?"
+                " WHERE id = ? AND conversation_id = ? AND role = ?",
+                (Status.INTERRUPTED.value, time.time(), message_id, conversation_id, "assistant"),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no reply with id {message_id} in this conversation")
+            row = conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return _message(row)
+
+    @_guarded
     def checkpoint_reply(
         self, message_id: int, content: str, *, conversation_id: str | None = None
     ) -> None:
@@ -689,21 +711,23 @@ class ConversationStore:
         duration_s: float | None = None,
         *,
         conversation_id: str | None = None,
+        finish_reason: str | None = None,
     ) -> None:
-        """Save a reply's final text, status and statistics (``conversation_id``: as for
-        ``checkpoint_reply``)."""
+        """Save a reply's final text, status, statistics and why it ended (``stop``,
+        ``length``; ``conversation_id``: as for ``checkpoint_reply``)."""
         now = time.time()
         stats = (prompt_tokens, completion_tokens, ttft_s, duration_s)
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE messages SET content = ?, status = ?, prompt_tokens = ?,"
-                " completion_tokens = ?, ttft_s = ?, duration_s = ?, updated_at = ? WHERE id = ?"
-                " AND (? IS NULL OR conversation_id = ?)",
+                " completion_tokens = ?, ttft_s = ?, duration_s = ?, updated_at = ?,"
+                " finish_reason = ? WHERE id = ? AND (? IS NULL OR conversation_id = ?)",
                 (
                     scrub_surrogates(content),
                     Status(status).value,
                     *stats,
                     now,
+                    finish_reason,
                     message_id,
                     *[conversation_id] * 2,
                 ),

@@ -12,14 +12,12 @@ from typing import Any, TextIO
 
 from mixchat.commands.errors import EXIT_FAILURE, EXIT_USAGE, fail
 from mixchat.commands.stops import StopSignals, described, exit_code, say
-from mixchat.config import conversation_settings, load_sources
+from mixchat.config import load_sources
 from mixchat.conversation import Conversation, Message, Role
 from mixchat.engine.base import (
     ContextTrimmed,
     EngineError,
     Event,
-    Failed,
-    GenerationParams,
     LoadProgress,
     Notice,
     TextDelta,
@@ -38,6 +36,7 @@ class AskRequest:
     save: bool = True
     as_json: bool = False
     show_prompt: bool = False
+    continue_reply: bool = False
 
 
 def read_stdin(stream: TextIO) -> str | None:
@@ -161,12 +160,15 @@ def _stopped_line(stop: KeyboardInterrupt, progress: _Progress) -> str:
 
 
 def _run_ask(request: AskRequest, progress: _Progress) -> int:
-    from mixchat.prompt import prompt_messages
-    from mixchat.session import ReplyNotSaved, ReplyRecorder, stream_reply
+    from mixchat.turn import Ending, FailureKind, ReplyNotSaved, Turn
 
     sources = load_sources(request.flags)
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
-    if not prompt.strip():
+    if request.continue_reply and prompt.strip():
+        return fail("--continue-reply goes on with the last answer: give no question with it")
+    if request.continue_reply and not (request.continue_last or request.conversation):
+        return fail("--continue-reply needs -c or --conversation ID: which answer to go on with")
+    if not prompt.strip() and not request.continue_reply:
         return fail("nothing to ask: give a prompt as an argument or pipe text into stdin")
     if request.show_prompt and sources.effective().endpoint:
         return fail("--show-prompt needs a local model; the server at --endpoint builds its own")
@@ -174,44 +176,29 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
 
     store, conv = _open_conversation(request)
-    # The conversation's saved settings rank above config and environment, below flags.
-    settings = sources.effective(conv)
-    system_prompt = settings.system_prompt
-    history = prompt_messages(conv.messages if conv else [])
-    user_message = Message(role=Role.USER, content=prompt)
-    params = GenerationParams.from_settings(settings)
+    turn = Turn(store, sources, conv)
+    question = None if request.continue_reply else Message(role=Role.USER, content=prompt)
 
     from mixchat.engine import factory
 
-    engine = factory.make_engine(settings)
+    engine = factory.make_engine(turn.settings)
     try:
+        if request.continue_reply:
+            assert conv is not None
+            last = conv.messages[-1] if conv.messages else None
+            if last is None or last.role is not Role.ASSISTANT:
+                return fail("the conversation does not end with an answer to continue")
+            turn.continue_reply(last)
         if request.show_prompt:
-            return _show_prompt(engine, [*history, user_message], system_prompt, params, request)
-        from mixchat.engine.transformers import TransformersEngine
-
-        if isinstance(engine, TransformersEngine):
-            # A question too long for the context is refused before minutes of loading
-            # weights, and before it is saved: the tokenizer alone can tell (PromptError).
-            engine.load_tokenizer().build(
-                [*history, user_message], system_prompt, params.max_new_tokens
-            )
+            return _show_prompt(engine, turn.prompt_history(question), turn, request)
+        # A question too long for the context is refused before minutes of loading
+        # weights, and before it is saved, where the engine can tell (PromptError).
+        turn.check_fits(engine, question)
         # The question is committed before the model loads, so a crash or a kill at any
         # later moment keeps it (as the app does with a message sent while loading).
-        conversation_id: str | None = None
-        created = False
-        if store is not None:
-            if conv is None:
-                conv = store.create_conversation(
-                    model=settings.model,
-                    system_prompt=system_prompt,
-                    settings=conversation_settings(settings),
-                    first_message=user_message,
-                )
-                created = True
-            else:
-                store.append_message(conv.id, user_message)
-            conversation_id = conv.id
-            progress.question_saved = True
+        if question is not None:
+            turn.ask(question)
+            progress.question_saved = store is not None
         bar = _LoadBar()
         progress.loading = True
         try:
@@ -225,15 +212,14 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
             # The model cannot load (wrong path, say): take back the unanswerable
             # question rather than leave a stray conversation for every typo.
             bar.clear()
-            _take_back(store, conversation_id, created, user_message)
+            turn.undo()
             raise
         finally:
             bar.clear()
         progress.loading = False
         info = engine.info()
 
-        recorder = ReplyRecorder(store, conversation_id)
-        progress.recorder = recorder
+        progress.recorder = turn.start()
         out = _Output(sys.stdout, enabled=not request.as_json)
         cancel = threading.Event()
 
@@ -249,9 +235,7 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
                 )
 
         try:
-            outcome = stream_reply(
-                engine, recorder, [*history, user_message], system_prompt, params, cancel, on_event
-            )
+            outcome = turn.run(engine, cancel, on_event)
         except ReplyNotSaved as exc:
             # The whole answer was shown; only saving it failed (e.g. `mixchat rm` of this
             # conversation meanwhile, or a database locked by another program too long).
@@ -261,24 +245,28 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
             out.end_line()
             raise
         out.end_line()
-        if any(isinstance(e, Failed) and e.unsent for e in outcome.events):
+        if outcome.unsent:
             # Nothing reached the model (a server that cannot be reached, a question too
             # long for its context): no question was asked, so none is kept.
-            _take_back(store, conversation_id, created, user_message)
-        if outcome.error is not None:
+            turn.undo()
+        if outcome.ending is Ending.FAILED:
             # A prompt that cannot be built (too long for the context) is bad input.
-            bad_input = any(isinstance(e, Failed) and e.kind == "prompt" for e in outcome.events)
-            return fail(outcome.error, EXIT_USAGE if bad_input else EXIT_FAILURE)
+            bad_input = outcome.failure is FailureKind.PROMPT
+            return fail(
+                outcome.error or "the model failed", EXIT_USAGE if bad_input else EXIT_FAILURE
+            )
+        if outcome.ending is Ending.LENGTH and not request.as_json:
+            warn("the answer reached --max-tokens; `mixchat ask -c --continue-reply` goes on")
         if request.as_json:
+            conv_id = turn.conversation.id if turn.conversation and store else None
             payload = {
-                "conversation_id": conversation_id,
+                "conversation_id": conv_id,
                 "reply": outcome.text,
                 "finish_reason": outcome.finish_reason,
+                "ending": outcome.ending.value,
                 "status": outcome.status.value,
                 "usage": asdict(outcome.usage) if outcome.usage else None,
-                "dropped_messages": sum(
-                    e.dropped_messages for e in outcome.events if isinstance(e, ContextTrimmed)
-                ),
+                "dropped_messages": outcome.dropped_messages,
                 "model": asdict(info),
             }
             # The model id comes from argv/env and may hold undecodable bytes.
@@ -288,16 +276,6 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
         engine.close()
         if store is not None:
             store.close()
-
-
-def _take_back(store: Any, conversation_id: str | None, created: bool, question: Message) -> None:
-    """Remove a question that was never put to the model (and its error reply)."""
-    if store is None or conversation_id is None:
-        return
-    if created:
-        store.delete(conversation_id)
-    elif question.id is not None:
-        store.truncate_from(question.id)
 
 
 def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
@@ -326,15 +304,9 @@ def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
     return store, conv
 
 
-def _show_prompt(
-    engine: Any,
-    messages: list[Message],
-    system_prompt: str | None,
-    params: GenerationParams,
-    request: AskRequest,
-) -> int:
+def _show_prompt(engine: Any, messages: list[Message], turn: Any, request: AskRequest) -> int:
     tokenizer = engine.load_tokenizer()
-    built = tokenizer.build(messages, system_prompt, params.max_new_tokens)
+    built = tokenizer.build(messages, turn.system_prompt, turn.params.max_new_tokens)
     if request.as_json:
         payload = {
             "format": tokenizer.format,

@@ -10,6 +10,10 @@ When the last message that reaches the prompt is an assistant message (see
 ``prompt.prompt_messages``), the engine continues that reply: the prompt ends with its text
 and no end-of-turn marker, and the ``TextDelta`` events carry only the continuation.
 
+Optionally an engine checks that a prompt fits before loading its weights:
+``check_fits(messages, system_prompt, max_new_tokens)`` raises ``PromptError`` when it
+cannot fit (``Turn.check_fits`` calls it on engines that have it).
+
 Optionally an engine counts tokens without generating: ``count_tokens(messages,
 system_prompt) -> int | None``, the tokens the prompt of ``messages`` fills (None when
 it cannot tell, e.g. before loading). It may be called from any thread, alongside a
@@ -18,6 +22,7 @@ reply. ``count_context_tokens`` calls it on engines that have it.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -113,12 +118,20 @@ class Finished:
     reason: FinishReason
 
 
+class FailureKind(enum.StrEnum):
+    """Why a reply failed."""
+
+    PROMPT = "prompt"  # the conversation cannot become a prompt (too long): bad input
+    ENGINE = "engine"  # the model or the server could not answer
+    OUT_OF_MEMORY = "oom"  # the GPU ran out of memory
+
+
 @dataclass(frozen=True)
 class Failed:
     """The request failed; ``message`` is one line meant for the user."""
 
     message: str
-    kind: str = "error"
+    kind: FailureKind = FailureKind.ENGINE
     unsent: bool = False  # it failed before the request reached the model: nothing was asked
 
 

@@ -32,6 +32,7 @@ from mixchat.engine.base import (
     EngineError,
     Event,
     Failed,
+    FailureKind,
     GenerationParams,
     LoadProgress,
     ModelInfo,
@@ -345,19 +346,19 @@ class RemoteEngine:
         template would close that message before the model saw it."""
         started = time.perf_counter()
         if continues_reply(messages):
-            yield Failed("continuing a reply needs a local model", kind="prompt")
+            yield Failed("continuing a reply needs a local model", kind=FailureKind.PROMPT)
             return
         if self._info is None:
             try:
                 yield from self.load()
             except EngineError as exc:
-                yield Failed(str(exc), kind="engine", unsent=True)
+                yield Failed(str(exc), unsent=True)
                 return
         try:
             kept = self.fit(messages, system_prompt, params.max_new_tokens)
             body = self.request(kept.messages, system_prompt, params)
         except PromptError as exc:
-            yield Failed(str(exc), kind="prompt", unsent=True)
+            yield Failed(str(exc), kind=FailureKind.PROMPT, unsent=True)
             return
         if kept.dropped:
             yield ContextTrimmed(kept.dropped, kept.prompt_tokens, self.context_size)
@@ -378,8 +379,7 @@ class RemoteEngine:
             message = describe(failure, self._context())
             delay, why_not = self._retry_plan(failure, retries, deadline)
             if delay is None:
-                kind = type(failure).__name__
-                yield from reader.fail(message + why_not, kind=kind, unsent=unsent(failure))
+                yield from reader.fail(message + why_not, unsent=unsent(failure))
                 return
             retries += 1
             yield Notice(self._say(f"{message}; {_retrying(delay, retries, self)}"))

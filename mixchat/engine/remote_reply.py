@@ -23,7 +23,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixchat.engine.base import Event, Failed, Finished, Notice, TextDelta, Usage
+from mixchat.engine.base import Event, Failed, FailureKind, Finished, Notice, TextDelta, Usage
 from mixchat.engine.redact import StreamRedactor
 from mixchat.engine.remote_errors import Context, deadline_message, describe, idle_message
 from mixchat.engine.remote_fields import read_chunk, shown
@@ -122,7 +122,9 @@ class ReplyReader:
         if rest:
             yield TextDelta(rest)
 
-    def fail(self, message: str, kind: str = "error", unsent: bool = False) -> Iterator[Event]:
+    def fail(
+        self, message: str, kind: FailureKind = FailureKind.ENGINE, unsent: bool = False
+    ) -> Iterator[Event]:
         """End with a failure; the text so far stays."""
         yield from self.flush()
         yield Failed(self.say(message), kind=kind, unsent=unsent)
@@ -180,9 +182,7 @@ class ReplyReader:
                 if isinstance(item, BaseException):
                     if not state.emitted:
                         return item
-                    yield from self.fail(
-                        describe(item, self.ctx, mid_reply=True), kind=type(item).__name__
-                    )
+                    yield from self.fail(describe(item, self.ctx, mid_reply=True))
                     return None
                 last_data = time.monotonic()
                 state.events += 1

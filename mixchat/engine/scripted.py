@@ -18,6 +18,7 @@ from mixchat.engine.base import (
     Event,
     Failed,
     Finished,
+    FinishReason,
     GenerationParams,
     LoadProgress,
     ModelInfo,
@@ -37,6 +38,7 @@ class ScriptedReply:
     fail_with: str | None = None
     gate: threading.Event | None = None  # if set, waits for it before each piece...
     gate_from: int = 0  # ...from this piece on
+    finish: FinishReason = "stop"  # "length": as if cut by the token limit
 
 
 @dataclass
@@ -61,9 +63,11 @@ class ScriptedEngine:
         fail_with: str | None = None,
         gate: threading.Event | None = None,
         gate_from: int = 0,
+        finish: FinishReason = "stop",
     ) -> None:
         """Add a reply to the script."""
-        self.replies.append(ScriptedReply(list(pieces), delay_s, fail_with, gate, gate_from))
+        reply = ScriptedReply(list(pieces), delay_s, fail_with, gate, gate_from, finish)
+        self.replies.append(reply)
 
     def load(self) -> Iterator[LoadProgress | Notice]:
         """Pretend to load: the scripted events, or four steps."""
@@ -121,7 +125,7 @@ class ScriptedEngine:
             return
         elapsed = time.perf_counter() - started
         yield Usage(len(messages), count, 0.0, elapsed, None)
-        yield Finished("stop")
+        yield Finished(reply.finish)
 
     def close(self) -> None:
         """Nothing to free."""

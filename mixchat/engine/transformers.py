@@ -24,6 +24,7 @@ from mixchat.engine.base import (
     EngineError,
     Event,
     Failed,
+    FailureKind,
     Finished,
     GenerationParams,
     LoadProgress,
@@ -75,9 +76,9 @@ class TransformersEngine:
             try:
                 job.run(job.events.put)
             except EngineError as exc:
-                job.events.put(Failed(str(exc), kind="engine"))
+                job.events.put(Failed(str(exc)))
             except Exception as exc:  # keep the thread alive for the next job
-                job.events.put(Failed(_one_line(exc), kind=type(exc).__name__))
+                job.events.put(Failed(_one_line(exc)))
             finally:
                 job.events.put(_DONE)
 
@@ -134,6 +135,13 @@ class TransformersEngine:
                 self._model_dir, trust_remote_code=self.settings.trust_remote_code
             )
         return self._tokenizer
+
+    def check_fits(
+        self, messages: Sequence[Message], system_prompt: str | None, max_new_tokens: int
+    ) -> None:
+        """Raise ``PromptError`` if the prompt of ``messages`` cannot fit the context even with
+        old turns left out; needs only the tokenizer, not the weights."""
+        self.load_tokenizer().build(messages, system_prompt, max_new_tokens)
 
     def load(self) -> Iterator[LoadProgress | Notice]:
         """Load tokenizer and weights on the model thread, yielding progress."""
@@ -250,7 +258,7 @@ class TransformersEngine:
         try:
             prompt = self._tokenizer.build(messages, system_prompt, params.max_new_tokens)
         except PromptError as exc:
-            emit(Failed(str(exc), kind="prompt"))
+            emit(Failed(str(exc), kind=FailureKind.PROMPT))
             return
         if prompt.dropped_messages:
             emit(
@@ -278,7 +286,7 @@ class TransformersEngine:
             emit(
                 Failed(
                     "out of GPU memory: try --4bit, a shorter conversation or fewer --max-tokens",
-                    kind="oom",
+                    kind=FailureKind.OUT_OF_MEMORY,
                 )
             )
             return

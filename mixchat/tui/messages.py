@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from mixchat.engine.base import LoadProgress, ModelInfo, Usage
-from mixchat.session import ReplyOutcome
+from mixchat.turn import TurnOutcome
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ReplyDone(Message):
     """The reply ended (complete, stopped or failed)."""
 
     reply_key: int
-    outcome: ReplyOutcome
+    outcome: TurnOutcome
 
 
 @dataclass

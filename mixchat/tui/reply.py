@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 from textual.message import Message as UIMessage
 
-from mixchat.conversation import Message, Status
-from mixchat.engine.base import ContextTrimmed, Engine, Event, GenerationParams, TextDelta, Usage
-from mixchat.session import ReplyRecorder, stream_reply
+from mixchat.conversation import Status
+from mixchat.engine.base import ContextTrimmed, Engine, Event, TextDelta, Usage
 from mixchat.store import StoreError
 from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, ReplyUsage
+from mixchat.turn import Ending, Turn
 
 
 class ReplyBuffer:
@@ -78,14 +78,12 @@ def run_reply(
     buffer: ReplyBuffer,
     key: int,
     engine: Engine,
-    recorder: ReplyRecorder,
-    history: list[Message],
-    system_prompt: str | None,
-    params: GenerationParams,
+    turn: Turn,
     cancel: threading.Event,
 ) -> None:
-    """Stream one reply (on a worker thread), posting ``ReplyText`` when text waits in
-    ``buffer``, ``ReplyUsage``, ``ContextTrimmedNote`` and, always, ``ReplyDone``."""
+    """Stream one reply of ``turn`` (``turn.start()`` done; on a worker thread), posting
+    ``ReplyText`` when text waits in ``buffer``, ``ReplyUsage``, ``ContextTrimmedNote`` and,
+    always, ``ReplyDone``."""
 
     def on_event(event: Event) -> None:
         if isinstance(event, TextDelta):
@@ -97,13 +95,16 @@ def run_reply(
             post(ContextTrimmedNote(event.dropped_messages))
 
     try:
-        outcome = stream_reply(engine, recorder, history, system_prompt, params, cancel, on_event)
+        outcome = turn.run(engine, cancel, on_event)
     except Exception as exc:  # the engine or the store broke: keep what we can, say why
+        recorder = turn.recorder
+        assert recorder is not None
         try:
             outcome = recorder.finish(Status.ERROR)
         except StoreError:
             outcome = recorder.outcome
             outcome.status = Status.ERROR
+        outcome.ending = Ending.INTERRUPTED
         outcome.error = (
             f"{type(exc).__name__}: {exc}" if not isinstance(exc, StoreError) else str(exc)
         )

@@ -15,8 +15,9 @@ from mixchat.conversation import Message, Role, Status
 from mixchat.engine.base import GenerationParams
 from mixchat.engine.remote_fields import MAX_COUNT, read_chunk
 from mixchat.prompt import prompt_messages
-from mixchat.session import ReplyRecorder, stream_reply
+from mixchat.recorder import ReplyRecorder
 from mixchat.store import ConversationStore
+from mixchat.turn import stream_reply
 from tests.remote import hostile as h
 from tests.remote.hostile import HostileServer
 from tests.remote.talk import converse, engine_for, failure, finished, notices, text_of

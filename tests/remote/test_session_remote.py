@@ -12,8 +12,9 @@ from mixchat.conversation import Message, Role, Status
 from mixchat.engine.base import GenerationParams, TextDelta
 from mixchat.engine.remote import RemoteEngine
 from mixchat.prompt import prompt_messages
-from mixchat.session import ReplyRecorder, stream_reply
+from mixchat.recorder import ReplyRecorder
 from mixchat.store import ConversationStore
+from mixchat.turn import stream_reply
 from tests.remote.conftest import Served, StubServer
 
 

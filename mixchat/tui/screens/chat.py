@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 
-from mixchat.config import Settings, SettingsSources, conversation_settings
+from mixchat.config import Settings, SettingsSources
 from mixchat.conversation import Conversation, Message, Role, Status
 from mixchat.engine.base import (
     Engine,
@@ -27,7 +27,6 @@ from mixchat.engine.base import (
     LoadProgress,
 )
 from mixchat.prompt import prompt_messages
-from mixchat.session import ReplyRecorder
 from mixchat.store import ConversationStore
 from mixchat.tui.edit import LastMessageEdit, last_user_index
 from mixchat.tui.errors import notify_store_errors
@@ -41,12 +40,19 @@ from mixchat.tui.reply import ReplyBuffer, run_reply
 from mixchat.tui.screens.chat_commands import ChatCommands
 from mixchat.tui.screens.chat_sync import StoreSync
 from mixchat.tui.shown import ShownConversation
-from mixchat.tui.widgets.chat_view import AssistantBlock, ChatView
+from mixchat.tui.widgets.chat_view import CUT_NOTE, AssistantBlock, ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 from mixchat.tui.widgets.sidebar import ConversationList, Sidebar
 from mixchat.tui.widgets.status_bar import StatusBar
+from mixchat.turn import Ending, Turn
 
 BUSY = "An answer is streaming: Esc stops it."
+# What the status bar says after a reply, by how it ended (nothing: complete).
+REPLY_STATE = {
+    Ending.LENGTH: "cut at the token limit",
+    Ending.STOPPED: "stopped",
+    Ending.INTERRUPTED: "stopped",
+}
 UNANSWERED = "unanswered: Ctrl+R answers"
 
 
@@ -58,6 +64,7 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+n", "new", "New"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+l", "edit_last", "Edit last"),
+        Binding("ctrl+o", "continue_reply", "Continue", show=False),
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+b", "toggle_sidebar", "Sidebar"),
         Binding("ctrl+f", "search", "Search", show=False),
@@ -220,23 +227,18 @@ class ChatScreen(Screen[None]):
             return  # changed or deleted under the user's eyes: the text waits in the box
         message = Message(Role.USER, text)
         edit = self.edit.pending
+        turn = self._turn()
         if edit is not None and self.conversation is not None:
-            self.store.replace_from(edit.message_id, message)
+            turn.ask(message, replacing=edit.message_id)
             self.edit.end(restore_draft=False)
             await self.shown.drop_from(edit.index)
-        elif self.conversation is None:
-            # One transaction: a conversation never exists without its first message.
-            self.conversation = self.store.create_conversation(
-                model=self.settings.model,
-                system_prompt=self.system_prompt(),
-                settings=conversation_settings(self.effective_settings()),
-                first_message=message,
-            )
-            self.new_settings = {}
-            self.sidebar.current_id = self.conversation.id
         else:
-            self.store.append_message(self.conversation.id, message)
-        self.reload_conversation()
+            turn.ask(message)
+        if self.conversation is None:
+            self.new_settings = {}
+            assert turn.conversation is not None
+            self.sidebar.current_id = turn.conversation.id
+        self.conversation = turn.conversation
         self.prompt.take(text)
         if edit is not None:  # what the box held before the edit comes back
             self.prompt.recall(edit.draft + self.prompt.text)
@@ -261,12 +263,17 @@ class ChatScreen(Screen[None]):
             self._on_ready = self.start_reply
             self.status.reply_state = "waiting for the model"
 
+    def _turn(self) -> Turn:
+        """A turn in the open conversation (or a new one) with the settings in effect."""
+        return Turn(self.store, self.sources, self.conversation, self.new_settings)
+
     @notify_store_errors
-    async def start_reply(self) -> None:
-        """Stream a reply to the conversation as it stands."""
+    async def start_reply(self, turn: Turn | None = None) -> None:
+        """Stream a reply to the conversation as it stands (or to ``turn``'s)."""
         if self.engine is None or self.conversation is None or self.generating:
             return
-        recorder = ReplyRecorder(self.store, self.conversation.id)
+        turn = turn or self._turn()
+        recorder = turn.start()
         self._reply_key += 1
         self._cancel = threading.Event()
         self.generating = True
@@ -274,18 +281,11 @@ class ChatScreen(Screen[None]):
         self.status.tokens_per_s = None
         self._buffer.reset()
         self._block = await self.chat.add_assistant()
+        if recorder.text:  # a reply being continued: it goes on from its text
+            await self._block.append(recorder.text)
         reply_id = recorder.outcome.message_id
         self.shown.appended(Message(Role.ASSISTANT, "", Status.INTERRUPTED, id=reply_id))
-        history = prompt_messages(self.conversation.messages)
-        self._run_reply(
-            self._reply_key,
-            self.engine,
-            recorder,
-            history,
-            self.system_prompt(),
-            self.params(),
-            self._cancel,
-        )
+        self._run_reply(self._reply_key, self.engine, turn, self._cancel)
 
     @work(thread=True, group="reply", exit_on_error=False)
     def _run_reply(self, *args: Any) -> None:
@@ -316,14 +316,15 @@ class ChatScreen(Screen[None]):
         if block is not None:
             await block.append(self._buffer.drain())
             await block.finish()
-            block.set_status(outcome.status, outcome.error or "")
+            cut = CUT_NOTE if outcome.ending is Ending.LENGTH else ""
+            block.set_status(outcome.status, outcome.error or cut)
         self.generating = False
         self._block = None
         if outcome.error:
             self.status.reply_state = "error"
             self.notify(outcome.error, title="Generation failed", severity="error", markup=False)
         else:
-            self.status.reply_state = "stopped" if outcome.status is Status.INTERRUPTED else ""
+            self.status.reply_state = REPLY_STATE.get(outcome.ending, "")
         if self.conversation is not None:
             self.reload_conversation()
             assert self.conversation is not None
@@ -413,14 +414,42 @@ class ChatScreen(Screen[None]):
             self._on_ready = self.action_regenerate  # nothing is dropped before it can answer
             self.status.reply_state = "waiting for the model"
             return
-        later = conv.messages[index + 1 :]
-        if later and later[0].id is not None:
-            self.store.truncate_from(later[0].id)
+        turn = self._turn()
+        turn.again(conv.messages[index])
+        if turn.conversation is not None and len(turn.conversation.messages) < len(conv.messages):
             await self.shown.drop_from(index + 1)
-            self.reload_conversation()
+        self.conversation = turn.conversation
         self.status.reset(self.status.context_used)
         self.count_context()  # without the dropped answer
-        await self.start_reply()
+        await self.start_reply(turn)
+
+    @notify_store_errors
+    async def action_continue_reply(self) -> None:
+        """Go on with the last answer where it ended (cut by the token limit, or stopped):
+        the continuation is added to the same message."""
+        if self.generating:
+            self.notify(BUSY, severity="warning")
+            return
+        await self.store_sync.check()
+        conv = self.conversation
+        last = conv.messages[-1] if conv is not None and conv.messages else None
+        if last is None or last.role is not Role.ASSISTANT or not last.content:
+            self.notify(
+                "No answer to continue: the conversation must end with one.", severity="warning"
+            )
+            return
+        if last.status is Status.COMPLETE and last.finish_reason != "length":
+            self.notify("The last answer is complete; Ctrl+R answers again.", severity="warning")
+            return
+        if self.engine is None:
+            self.notify("No model is loaded: nothing can continue the answer.", severity="warning")
+            return
+        assert conv is not None
+        turn = self._turn()
+        turn.continue_reply(last)
+        self.edit.end(restore_draft=True)
+        await self.shown.drop_from(len(conv.messages) - 1)  # it is streamed again, longer
+        await self.start_reply(turn)
 
     def action_edit_last(self) -> None:
         """Put the last user message back in the input; nothing is dropped until it is sent."""

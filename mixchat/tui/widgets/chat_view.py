@@ -41,6 +41,14 @@ from mixchat.textsafe import neutralize
 from mixchat.tui.widgets.code_stream import ChatMarkdown, CodeFence, open_fence
 
 STATUS_LABEL = {Status.INTERRUPTED: "stopped", Status.ERROR: "error"}
+CUT_NOTE = "cut at the token limit: Ctrl+O continues it"
+
+
+def status_note(message: Message) -> str:
+    """What the status line under a saved reply adds to its status."""
+    return CUT_NOTE if message.finish_reason == "length" else ""
+
+
 SEGMENT_BLOCKS = 24  # top-level blocks in a segment before the reply may start a new one
 # Top-level blocks that a blank line ends for good: nothing after it can join them.
 ENDED_BY_BLANK_LINE = {
@@ -73,10 +81,13 @@ class UserBlock(Static):
 class AssistantBlock(Vertical):
     """An assistant message: Markdown body (one or more segments) plus a status line."""
 
-    def __init__(self, content: str = "", status: Status | None = Status.COMPLETE) -> None:
+    def __init__(
+        self, content: str = "", status: Status | None = Status.COMPLETE, note: str = ""
+    ) -> None:
         super().__init__(classes="message assistant")
         self.source = content
         self._initial_status = status
+        self._initial_note = note
         self._renderer: ReplyRenderer | None = None
 
     def compose(self) -> ComposeResult:
@@ -84,7 +95,7 @@ class AssistantBlock(Vertical):
         yield Label("", classes="status")
 
     def on_mount(self) -> None:
-        self.set_status(self._initial_status)
+        self.set_status(self._initial_status, self._initial_note)
 
     @property
     def markdown(self) -> Markdown:
@@ -342,7 +353,7 @@ class ChatView(VerticalScroll):
     def _block(message: Message) -> Static | AssistantBlock:
         if message.role is Role.USER:
             return UserBlock(message.content)
-        return AssistantBlock(message.content, message.status)
+        return AssistantBlock(message.content, message.status, status_note(message))
 
     async def add_user(self, content: str) -> UserBlock:
         """Append a user message."""

@@ -1,4 +1,4 @@
-"""One reply, end to end: stream from an engine while checkpointing into the store.
+"""A reply as it streams, recorded in the store, and what became of it (``TurnOutcome``).
 
 The user's message is already committed; the reply row is created before the
 first token (status interrupted), checkpointed at least every
@@ -14,23 +14,15 @@ exactly what the database holds instead.
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mixchat.conversation import Message, Status
-from mixchat.engine.base import (
-    Engine,
-    Event,
-    Failed,
-    Finished,
-    GenerationParams,
-    TextDelta,
-    Usage,
-)
+from mixchat.engine.base import ContextTrimmed, Event, FailureKind, Usage
 from mixchat.store import ConversationStore, NotFoundError, StoreError
 
 CHECKPOINT_INTERVAL_S = 0.5
@@ -42,14 +34,24 @@ class ReplyNotSaved(StoreError):
     The message says why and what was saved; ``outcome`` is the reply as streamed.
     """
 
-    def __init__(self, message: str, outcome: ReplyOutcome, *, deleted: bool = False) -> None:
+    def __init__(self, message: str, outcome: TurnOutcome, *, deleted: bool = False) -> None:
         super().__init__(message)
         self.outcome = outcome
         self.deleted = deleted  # the conversation was deleted while the reply streamed
 
 
+class Ending(enum.StrEnum):
+    """How a turn ended."""
+
+    COMPLETE = "complete"  # the model ended its answer
+    LENGTH = "length"  # cut by the token limit (max_new_tokens): it can be continued
+    STOPPED = "stopped"  # the user stopped it (Esc, a cancel)
+    INTERRUPTED = "interrupted"  # a signal, a crash or a broken store stopped it
+    FAILED = "failed"  # the model, the server or the prompt failed (``failure`` says which)
+
+
 @dataclass
-class ReplyOutcome:
+class TurnOutcome:
     """What became of a reply."""
 
     text: str = ""
@@ -61,6 +63,14 @@ class ReplyOutcome:
     events: list[Event] = field(default_factory=list)
     # Why the saved reply falls short of ``text`` (one line), when it does.
     not_saved: str | None = None
+    ending: Ending = Ending.INTERRUPTED
+    failure: FailureKind | None = None  # with Ending.FAILED
+    unsent: bool = False  # it failed before the request reached the model
+
+    @property
+    def dropped_messages(self) -> int:
+        """How many of the oldest messages were left out of the prompt to fit the context."""
+        return sum(e.dropped_messages for e in self.events if isinstance(e, ContextTrimmed))
 
 
 def _is_locked(error: StoreError) -> bool:
@@ -112,13 +122,16 @@ class _CheckpointWriter:
             while (self._pending is not None or self._busy) and not self.done.is_set():
                 self._cond.wait()
 
-    def finish(self, text: str, status: Status, usage: Usage | None) -> None:
+    def finish(
+        self, text: str, status: Status, usage: Usage | None, finish_reason: str | None = None
+    ) -> None:
         """Hand over the final version and wait for the writer to save it (or fail)."""
         u = usage
         with self._cond:
             self._final = {
                 "content": text,
                 "status": status,
+                "finish_reason": finish_reason,
                 "prompt_tokens": u.prompt_tokens if u else None,
                 "completion_tokens": u.completion_tokens if u else None,
                 "ttft_s": u.ttft_s if u else None,
@@ -170,15 +183,25 @@ class _CheckpointWriter:
 class ReplyRecorder:
     """Accumulates a streamed reply and keeps its row in the store current."""
 
-    def __init__(self, store: ConversationStore | None, conversation_id: str | None) -> None:
+    def __init__(
+        self,
+        store: ConversationStore | None,
+        conversation_id: str | None,
+        continuing: Message | None = None,
+    ) -> None:
+        """A new reply row in ``conversation_id``; or, with ``continuing`` (a saved reply),
+        that reply goes on: its text is kept and what streams is added to it."""
         self._store = store
-        self.outcome = ReplyOutcome()
-        self._parts: list[str] = []
+        self.outcome = TurnOutcome()
+        self._parts: list[str] = [continuing.content] if continuing is not None else []
         self._last_checkpoint = time.monotonic()
         self._writer: _CheckpointWriter | None = None
         self._conversation_id = conversation_id
         if store is not None and conversation_id is not None:
-            message_id = store.start_reply(conversation_id).id
+            if continuing is not None and continuing.id is not None:
+                message_id = store.reopen_reply(continuing.id, conversation_id).id
+            else:
+                message_id = store.start_reply(conversation_id).id
             assert message_id is not None
             self.outcome.message_id = message_id
             self._writer = _CheckpointWriter(store, message_id, conversation_id)
@@ -229,7 +252,7 @@ class ReplyRecorder:
         if self._writer is not None and self._writer.fatal is not None:
             raise self._writer.fatal
 
-    def finish(self, status: Status, usage: Usage | None = None) -> ReplyOutcome:
+    def finish(self, status: Status, usage: Usage | None = None) -> TurnOutcome:
         """Finalize the reply with its status and usage, waiting for the writer.
 
         Raises ``ReplyNotSaved`` when the store does not hold the whole reply (the
@@ -246,7 +269,8 @@ class ReplyRecorder:
             writer = self._writer = _CheckpointWriter(
                 writer._store, writer._message_id, writer._conversation_id
             )
-        writer.finish(self.outcome.text, status, self.outcome.usage)
+        reason = self.outcome.finish_reason if status is Status.COMPLETE else None
+        writer.finish(self.outcome.text, status, self.outcome.usage, reason)
         if writer.failure is None:
             return self.outcome
         if writer.deleted:
@@ -267,46 +291,3 @@ class ReplyRecorder:
             self.outcome.not_saved = message
             raise ReplyNotSaved(message, self.outcome)
         raise writer.failure
-
-
-def stream_reply(
-    engine: Engine,
-    recorder: ReplyRecorder,
-    history: Sequence[Message],
-    system_prompt: str | None,
-    params: GenerationParams,
-    cancel: threading.Event,
-    on_event: Callable[[Event], None],
-) -> ReplyOutcome:
-    """Run one reply, recording it; ``on_event`` sees every event (for display).
-
-    A ``KeyboardInterrupt`` (or any exception) cancels generation, saves the partial reply
-    as interrupted and propagates; if that save fails too, ``outcome.not_saved`` says so.
-    A store that fails for good (disk full) stops the reply with the store's error;
-    ``ReplyNotSaved`` at the end means the reply streamed in full but was not all saved.
-    """
-    try:
-        for event in engine.stream(history, system_prompt, params, cancel):
-            recorder.outcome.events.append(event)
-            if isinstance(event, TextDelta):
-                recorder.add(event.text)
-            elif isinstance(event, Usage):
-                recorder.outcome.usage = event
-            elif isinstance(event, Finished):
-                recorder.outcome.finish_reason = event.reason
-            elif isinstance(event, Failed):
-                recorder.outcome.error = event.message
-            on_event(event)
-            recorder.raise_if_broken()
-    except BaseException:
-        cancel.set()
-        try:
-            recorder.finish(Status.INTERRUPTED)
-        except StoreError as exc:
-            recorder.outcome.not_saved = str(exc)
-        raise
-    if recorder.outcome.error is not None:
-        return recorder.finish(Status.ERROR)
-    if recorder.outcome.finish_reason in ("stop", "length"):
-        return recorder.finish(Status.COMPLETE)
-    return recorder.finish(Status.INTERRUPTED)

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import mixchat.session as session
+import mixchat.recorder as session
 import mixchat.store as store_module
 from mixchat.conversation import Message, Role, Status
 from mixchat.engine.base import Event, Finished, GenerationParams, TextDelta, Usage
-from mixchat.session import ReplyNotSaved, ReplyRecorder, stream_reply
+from mixchat.recorder import ReplyNotSaved, ReplyRecorder
 from mixchat.store import ConversationStore, StoreError
+from mixchat.turn import stream_reply
 
 PARAMS = GenerationParams(temperature=0.0, max_new_tokens=32)
 
@@ -89,7 +90,7 @@ class Lock:
 
 def run(
     store: ConversationStore, recorder: ReplyRecorder, engine: Engine, seen: list[str]
-) -> session.ReplyOutcome:
+) -> session.TurnOutcome:
     def on_event(event: Event) -> None:
         if isinstance(event, TextDelta):
             seen.append(event.text)
@@ -114,7 +115,7 @@ def test_a_locked_database_does_not_hold_the_stream_back(store: ConversationStor
         looked.wait(60)
 
     engine = Engine([*pieces, ""], before={0: lock.take, len(pieces): last_piece_shown})
-    result: list[session.ReplyOutcome] = []
+    result: list[session.TurnOutcome] = []
     worker = threading.Thread(target=lambda: result.append(run(store, recorder, engine, seen)))
     worker.start()
     assert all_shown.wait(60), "the stream stalled on the locked database"

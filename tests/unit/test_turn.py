@@ -1,4 +1,4 @@
-"""Tests for mixchat.session: streaming a reply into the store with checkpoints."""
+"""Tests for mixchat.turn and mixchat.recorder: a reply streamed into the store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import mixchat.session as session
+import mixchat.recorder as session
 from mixchat.conversation import Message, Role, Status
 from mixchat.engine.base import (
     Event,
@@ -21,8 +21,9 @@ from mixchat.engine.base import (
 )
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.prompt import prompt_messages
-from mixchat.session import ReplyRecorder, stream_reply
+from mixchat.recorder import ReplyRecorder
 from mixchat.store import ConversationStore
+from mixchat.turn import stream_reply
 
 PARAMS = GenerationParams(temperature=0.0, max_new_tokens=32, seed=1)
 
@@ -50,7 +51,7 @@ class Chat:
         engine: object,
         recorder: ReplyRecorder,
         on_event: Callable[[Event], None] = lambda e: None,
-    ) -> session.ReplyOutcome:
+    ) -> session.TurnOutcome:
         return stream_reply(
             engine,  # type: ignore[arg-type]
             recorder,
@@ -237,7 +238,7 @@ def test_cancel_from_another_thread_while_engine_waits(chat: Chat) -> None:
     engine = ScriptedEngine()
     engine.queue("one ", "two ", "three", gate=gate)
     first_delta = threading.Event()
-    result: list[session.ReplyOutcome] = []
+    result: list[session.TurnOutcome] = []
     recorder = chat.recorder()
 
     def on_event(event: Event) -> None:
