@@ -60,6 +60,11 @@ class MixchatApp(App[None]):
         """Wait until the model has loaded or failed to (for tests and scripts)."""
         await self._model_settled.wait()
 
+    def validate_theme(self, theme_name: str) -> str:
+        """Every theme change is vetted first: one that would break a widget is refused."""
+        themes = getattr(self, "themes", None)  # None while App.__init__ sets the default
+        return themes.validate(theme_name) if themes is not None else theme_name
+
     def get_default_screen(self) -> Screen[None]:
         return ChatScreen(self.store, self.settings, self.resume_id)
 
