@@ -13,12 +13,14 @@ from pathlib import Path
 from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from mixchat.config import Settings
 from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
 from mixchat.store import ConversationStore
+from mixchat.textsafe import neutralize
 from mixchat.tui.messages import ModelFailed, ModelLoading, ModelNotice, ModelReady
 from mixchat.tui.screens.chat import ChatScreen
 from mixchat.tui.screens.modals import HelpScreen
@@ -59,6 +61,30 @@ class MixchatApp(App[None]):
     async def wait_for_model(self) -> None:
         """Wait until the model has loaded or failed to (for tests and scripts)."""
         await self._model_settled.wait()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notification is plain text: messages carry model ids, paths, titles and
+        engine or server errors, so they are never parsed as markup (``markup`` is
+        ignored), and control characters are shown as escapes."""
+        super().notify(
+            neutralize(str(message)),
+            title=neutralize(str(title)),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
+
+    def action_help_quit(self) -> None:
+        """Ctrl+C outside a text field: say how to quit (Textual's own note uses markup)."""
+        self.notify("Press Ctrl+Q to quit the app.", title="Do you want to quit?")
 
     def validate_theme(self, theme_name: str) -> str:
         """Every theme change is vetted first: one that would break a widget is refused."""

@@ -31,6 +31,7 @@ from markdown_it import MarkdownIt
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
 from textual.geometry import Spacing
 from textual.widget import Widget
 from textual.widgets import Button, Label, Markdown, Static
@@ -315,10 +316,12 @@ class ChatView(VerticalScroll):
         self.scroll_end(animate=False)
         self.anchor()
 
-    def _earlier_button(self) -> Button:
+    def _earlier_label(self) -> Content:
         count = len(self._hidden)
-        label = f"Show {count} earlier message{'s' if count != 1 else ''}"
-        return Button(label, id="earlier", classes="earlier")
+        return Content(f"Show {count} earlier message{'s' if count != 1 else ''}")
+
+    def _earlier_button(self) -> Button:
+        return Button(self._earlier_label(), id="earlier", classes="earlier")
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id != "earlier":
@@ -334,7 +337,7 @@ class ChatView(VerticalScroll):
         blocks = [self._block(m) for m in batch]
         await self.mount_all(blocks, after=button)
         if self._hidden:
-            button.label = self._earlier_button().label
+            button.label = self._earlier_label()
         else:
             await button.remove()
 

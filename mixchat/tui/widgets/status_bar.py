@@ -7,6 +7,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from mixchat.engine.base import ModelInfo
+from mixchat.textsafe import neutralize
 
 
 class StatusBar(Static):
@@ -49,4 +50,4 @@ class StatusBar(Static):
             parts.append(f"{self.tokens_per_s:.1f} tok/s")
         if self.info is not None:
             parts.append(f"ctx {self.context_used:,}/{self.info.context_size:,}")
-        self.update(Text(" │ ".join(parts)))
+        self.update(Text(neutralize(" │ ".join(parts))))
