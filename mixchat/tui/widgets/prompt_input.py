@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textual import events
@@ -45,6 +46,35 @@ class PromptInput(TextArea):
                 self.post_message(self.Submitted(text))
             return
         await super()._on_key(event)
+
+    def _recompute_cursor_offset(self) -> None:
+        # Textual bug: undoing a multi-line paste restores the shorter document, then
+        # refreshes the scrollbars, which scroll to the cursor before the selection is
+        # restored, so its row is out of bounds ("The document line index 1 is out of
+        # bounds"). Reported upstream as Textualize/textual#6686; the proposed fix
+        # (Textualize/textual#6687, open) clamps the location the same way.
+        self._cursor_offset = self.wrapped_document.location_to_offset(
+            self.clamp_visitable(self.cursor_location)
+        )
+
+    def undo(self) -> None:
+        """Undo the last batch of edits; should Textual fail half-way, keep the draft."""
+        self._guarded(super().undo)
+
+    def redo(self) -> None:
+        """Redo the last undone batch of edits; should Textual fail, keep the draft."""
+        self._guarded(super().redo)
+
+    def _guarded(self, edit: Callable[[], None]) -> None:
+        text = self.text
+        try:
+            edit()
+        except (ValueError, IndexError):
+            # The document may be half-changed: put the draft back as it was. Its undo
+            # history goes with it (Textual cannot replay a batch that failed).
+            self.load_text(text)
+            self.move_cursor(self.document.end)
+            self.notify("Undo failed inside the text box; your text is kept.", severity="warning")
 
     def action_newline(self) -> None:
         """Insert a line break at the cursor."""
