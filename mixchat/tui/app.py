@@ -35,6 +35,9 @@ class MixchatApp(App[None]):
 
     TITLE = "mixchat"
     CSS_PATH = CSS_FILE
+    # Classes for every screen by terminal size; mixchat.tcss lays out small terminals.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-medium"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     BINDINGS = [
         Binding("f1", "help", "Help"),
         Binding("ctrl+t", "pick_theme", "Theme"),

@@ -81,16 +81,18 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
 
     def compose(self) -> ComposeResult:
         c = self.current
-        with Vertical(classes="dialog wide"):
-            yield Label("System prompt")
-            yield TextArea(c.system_prompt or "", id="system", soft_wrap=True)
-            with Grid(classes="fields"):
-                yield Label("Temperature (0 = greedy)")
-                yield Input(str(c.temperature), id="temperature")
-                yield Label("Top-p")
-                yield Input(str(c.top_p), id="top_p")
-                yield Label("Max new tokens")
-                yield Input(str(c.max_new_tokens), id="max_new_tokens")
+        with Vertical(classes="dialog wide", id="settings-dialog"):
+            # The fields scroll on a short terminal; the error line and buttons stay put.
+            with VerticalScroll(id="settings-fields"):
+                yield Label("System prompt")
+                yield TextArea(c.system_prompt or "", id="system", soft_wrap=True)
+                with Grid(classes="fields"):
+                    yield Label("Temperature (0 = greedy)")
+                    yield Input(str(c.temperature), id="temperature")
+                    yield Label("Top-p")
+                    yield Input(str(c.top_p), id="top_p")
+                    yield Label("Max new tokens")
+                    yield Input(str(c.max_new_tokens), id="max_new_tokens")
             yield Label("", id="error", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Save (Ctrl+S)", variant="primary", id="save")
