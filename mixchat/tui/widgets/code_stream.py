@@ -33,6 +33,8 @@ from textual.highlight import ANSIDarkHighlightTheme, ANSILightHighlightTheme, H
 from textual.widgets import Label, Markdown
 from textual.widgets._markdown import MarkdownBlock, MarkdownFence, MarkdownParagraph
 
+from mixchat.tui.widgets.md_table import AlignedTable
+
 OPENER = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
 CHUNK_LINES = 32  # lines of code per Label
 MAX_RELEX_LINES = 400  # bound on re-lexing when no clean restart line is found
@@ -81,8 +83,14 @@ def parse_opener(line: str) -> FenceOpener | None:
 
 
 def open_fence(source: str) -> tuple[FenceOpener, str] | None:
-    """If ``source`` (a fence block's Markdown) is a fence not yet closed: opener and body."""
-    first, _, body = source.partition("\n")
+    """If ``source`` (a fence block's Markdown) is a fence not yet closed: opener and body.
+
+    Only once the opening line is complete: before that, its info string (the language)
+    may still be arriving, and would be taken for a line of code.
+    """
+    first, newline, body = source.partition("\n")
+    if not newline:
+        return None
     opener = parse_opener(first)
     if opener is None:
         return None
@@ -317,11 +325,13 @@ class ChatParagraph(MarkdownParagraph):
 
 
 class ChatMarkdown(Markdown):
-    """Markdown with ``CodeFence`` code blocks and ``ChatParagraph`` paragraphs."""
+    """Markdown with ``CodeFence`` code blocks, ``ChatParagraph`` paragraphs and tables
+    aligned as their delimiter rows say."""
 
     BLOCKS = {
         **Markdown.BLOCKS,
         "paragraph_open": ChatParagraph,
         "fence": CodeFence,
         "code_block": CodeFence,
+        "table_open": AlignedTable,
     }

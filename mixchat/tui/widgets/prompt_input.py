@@ -6,10 +6,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from textual import events
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import TextArea
 
+from mixchat.textsafe import neutralize
+
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
+
+
+def model_display_name(model: str) -> str:
+    """A model's short name: the last part of a hub id or path, controls neutralised."""
+    parts = [part for part in model.replace("\\", "/").split("/") if part]
+    return neutralize(parts[-1]) if parts else ""
 
 
 class PromptInput(TextArea):
@@ -21,12 +30,14 @@ class PromptInput(TextArea):
 
         text: str
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, model: str = "", **kwargs: object) -> None:
+        name = model_display_name(model)
+        hint = "(Enter sends, Shift+Enter or Ctrl+J for a newline)"
         super().__init__(
             soft_wrap=True,
             show_line_numbers=False,
             tab_behavior="focus",
-            placeholder="Message Mixtral  (Enter sends, Shift+Enter or Ctrl+J for a newline)",
+            placeholder=Content(f"Message {name}  {hint}" if name else f"Message  {hint}"),
             **kwargs,  # type: ignore[arg-type]
         )
 
