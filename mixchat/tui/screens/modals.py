@@ -93,7 +93,7 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
                     yield Input(str(c.top_p), id="top_p")
                     yield Label("Max new tokens")
                     yield Input(str(c.max_new_tokens), id="max_new_tokens")
-            yield Label("", id="error", classes="error")
+            yield Label("", id="error", classes="error-line")
             with Horizontal(classes="buttons"):
                 yield Button("Save (Ctrl+S)", variant="primary", id="save")
                 yield Button("Cancel (Esc)", id="cancel")
