@@ -156,3 +156,27 @@ async def test_sidebar_titles_take_one_line_with_an_ellipsis(
         lines = [line for line in screen_lines(app) if "A rather long" in line]
         assert len(lines) == 1 and "…" in lines[0]
         assert options.virtual_size.height == 2  # one row per conversation
+
+
+HTML = (
+    "para one\n\n<div>\nhtml *block* <script>x</script>\n\n</div>\n\n"
+    "- item\n\n  <p>in a list</p>\n\nafter\n"
+)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["saved", "streamed"])
+async def test_html_blocks_are_shown_as_text_and_keep_their_neighbours(streamed: bool) -> None:
+    app = Host()
+    async with app.run_test(size=(90, 40)) as pilot:
+        if streamed:
+            block = await show(app, AssistantBlock("", None))
+            for i in range(0, len(HTML), 4):
+                await block.append(HTML[i : i + 4])
+            await block.finish()
+        else:
+            await show(app, AssistantBlock(HTML, Status.COMPLETE))
+        await settle(pilot)
+        text = screen_text(app)
+        for fragment in ("para one", "<div>", "html *block* <script>x</script>", "</div>"):
+            assert fragment in text, fragment
+        assert "<p>in a list</p>" in text and "after" in text

@@ -1,17 +1,24 @@
-"""Markdown tables that honour the column alignment of their delimiter row.
+"""Markdown blocks Textual's own widget gets wrong or leaves out.
 
-Textual's ``MarkdownTable`` shows every cell left-aligned; markdown-it gives each header
-and data cell a ``style="text-align:..."`` attribute from ``:--``, ``--:`` and ``:-:``.
+- Tables: Textual's ``MarkdownTable`` shows every cell left-aligned; markdown-it gives
+  each header and data cell a ``style="text-align:..."`` attribute from ``:--``, ``--:``
+  and ``:-:``.
+- HTML blocks: Textual makes no widget for them, so their text vanished, and
+  ``Markdown.append`` (which pairs the new blocks with the widgets from the last one
+  on) then wrote the block after an HTML block over the one before it. They are shown
+  as their literal source text (never interpreted).
 """
 
 from __future__ import annotations
 
 from typing import cast
 
+from markdown_it.token import Token
 from textual.app import ComposeResult
 from textual.content import Content
 from textual.css.types import AlignHorizontal
 from textual.widgets._markdown import (
+    Markdown,
     MarkdownBlock,
     MarkdownTable,
     MarkdownTableContent,
@@ -77,3 +84,24 @@ class AlignedTable(MarkdownTable):
         self._headers = headers
         self._rows = rows
         yield AlignedTableContent(headers, rows, column_alignments(self))
+
+
+class HtmlBlock(MarkdownBlock):
+    """An HTML block, shown as the text it is."""
+
+    DEFAULT_CSS = """
+    HtmlBlock {
+        margin: 0 0 1 0;
+    }
+    """
+
+    def __init__(self, markdown: Markdown, token: Token) -> None:
+        super().__init__(markdown, token)
+        self.set_content(Content(token.content.rstrip("\n")))
+
+    async def _update_from_block(self, block: MarkdownBlock) -> None:
+        if isinstance(block, HtmlBlock):
+            self._copy_context(block)
+            self.set_content(block._content)
+        else:
+            await super()._update_from_block(block)
