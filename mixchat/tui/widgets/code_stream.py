@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
+from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
@@ -349,6 +350,12 @@ class ChatParagraph(MarkdownParagraph):
         return width > 0 and content.get_height(cast(RulesMap, self.styles), width) == height
 
 
+def chat_parser() -> MarkdownIt:
+    """Textual's "gfm-like" parser with inline HTML read as text: Textual drops inline
+    HTML tags, so ``<kbd>C</kbd>`` would show as ``C`` (HTML blocks: ``md_blocks``)."""
+    return MarkdownIt("gfm-like").disable("html_inline")
+
+
 class ChatMarkdown(Markdown):
     """Markdown with ``CodeFence`` code blocks, ``ChatParagraph`` paragraphs, tables
     aligned as their delimiter rows say, and HTML blocks shown as text."""
@@ -360,6 +367,10 @@ class ChatMarkdown(Markdown):
         "code_block": CodeFence,
         "table_open": AlignedTable,
     }
+
+    def __init__(self, markdown: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_factory", chat_parser)
+        super().__init__(markdown, **kwargs)
 
     def unhandled_token(self, token: Token) -> MarkdownBlock | None:
         """HTML blocks are shown as text (see ``md_blocks``)."""
