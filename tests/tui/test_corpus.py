@@ -39,6 +39,7 @@ DOCS = {
 }
 # Fragments that must be on screen exactly (beyond the word check below).
 PROBES = {
+    "real/10-tree-steps": ["Steps:", "9. 10. 11. 12.", "7. 7. 7. 7. 8."],
     "hand/tables": ["Centre", "1,234.50", "pipe | escaped", "Text right after the tables"],
     "hand/lists": ["fourth level deep", "an open task", "a finished task", "eleven"],
     "hand/structure": ["Heading level six", "Another setext", "A nested quote inside it"],

@@ -180,3 +180,30 @@ async def test_html_blocks_are_shown_as_text_and_keep_their_neighbours(streamed:
         for fragment in ("para one", "<div>", "html *block* <script>x</script>", "</div>"):
             assert fragment in text, fragment
         assert "<p>in a list</p>" in text and "after" in text
+
+
+DEEP = {
+    "numbers-on-one-line": ("Steps:\n\n" + "1. " * 30 + "leaf\n2. second\n\nafter\n", "leaf"),
+    "indented": ("".join("  " * i + f"- level {i}\n" for i in range(25)) + "\nafter\n", "level 24"),
+    "quotes": ("> " * 30 + "deep quote\n\nafter\n", "deep quote"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP))
+@pytest.mark.parametrize("streamed", [False, True], ids=["saved", "streamed"])
+async def test_deeply_nested_lists_and_quotes_show_their_text(name: str, streamed: bool) -> None:
+    text, deepest = DEEP[name]
+    app = Host()
+    async with app.run_test(size=(100, 60)) as pilot:
+        if streamed:
+            block = await show(app, AssistantBlock("", None))
+            for i in range(0, len(text), 5):
+                await block.append(text[i : i + 5])
+            await block.finish()
+        else:
+            await show(app, AssistantBlock(text, Status.COMPLETE))
+        await settle(pilot)
+        shown = screen_text(app)
+        assert deepest in shown and "after" in shown
+        if name == "numbers-on-one-line":
+            assert "second" in shown

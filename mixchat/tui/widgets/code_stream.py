@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
@@ -34,7 +33,7 @@ from textual.highlight import ANSIDarkHighlightTheme, ANSILightHighlightTheme, H
 from textual.widgets import Label, Markdown
 from textual.widgets._markdown import MarkdownBlock, MarkdownFence, MarkdownParagraph
 
-from mixchat.tui.widgets.md_blocks import AlignedTable, HtmlBlock
+from mixchat.tui.widgets.md_blocks import AlignedTable, HtmlBlock, chat_parser
 
 OPENER = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
 CHUNK_LINES = 32  # lines of code per Label
@@ -348,12 +347,6 @@ class ChatParagraph(MarkdownParagraph):
         width = self.outer_size.width - gutter.width
         height = self.outer_size.height - gutter.height
         return width > 0 and content.get_height(cast(RulesMap, self.styles), width) == height
-
-
-def chat_parser() -> MarkdownIt:
-    """Textual's "gfm-like" parser with inline HTML read as text: Textual drops inline
-    HTML tags, so ``<kbd>C</kbd>`` would show as ``C`` (HTML blocks: ``md_blocks``)."""
-    return MarkdownIt("gfm-like").disable("html_inline")
 
 
 class ChatMarkdown(Markdown):

@@ -6,13 +6,18 @@
 - HTML blocks: Textual makes no widget for them, so their text vanished, and
   ``Markdown.append`` (which pairs the new blocks with the widgets from the last one
   on) then wrote the block after an HTML block over the one before it. They are shown
-  as their literal source text (never interpreted).
+  as their literal source text (never interpreted); inline HTML too (``chat_parser``).
+- Deep nesting: lists and quotes nested deeper than ``MAX_NESTING`` are shown as text
+  (``flatten_deep_nesting``).
 """
 
 from __future__ import annotations
 
+import re
 from typing import cast
 
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 from textual.app import ComposeResult
 from textual.content import Content
@@ -105,3 +110,80 @@ class HtmlBlock(MarkdownBlock):
             self.set_content(block._content)
         else:
             await super()._update_from_block(block)
+
+
+def chat_parser() -> MarkdownIt:
+    """Textual's "gfm-like" parser, with inline HTML read as text (Textual drops inline
+    HTML tags, so ``<kbd>C</kbd>`` would show as ``C``; HTML blocks: ``md_blocks``) and
+    lists and quotes nested deeper than ``MAX_NESTING`` shown as their text."""
+    parser = MarkdownIt("gfm-like").disable("html_inline")
+    parser.core.ruler.push("mixchat_flatten_deep", flatten_deep_nesting)
+    return parser
+
+
+MAX_NESTING = 6  # lists and block quotes inside one another, as Markdown shows them
+_NESTED_OPEN = {"bullet_list_open", "ordered_list_open", "blockquote_open"}
+_NESTED_CLOSE = {"bullet_list_close", "ordered_list_close", "blockquote_close"}
+_MARKER = re.compile(r"[ \t]*(?:\d{1,9}[.)]|[-+*>])(?:[ \t]+|$)")
+
+
+def flatten_deep_nesting(state: StateCore) -> None:
+    """Replace lists and quotes nested deeper than ``MAX_NESTING`` by their source text.
+
+    Small models write lines like ``1. 1. 1. 1. 2. 2. 3. ...``: each number opens a list
+    inside the last. Past 20 levels markdown-it stops parsing and drops the rest of the
+    message, and Textual shows such lists as nothing at all. The deep part (and, when
+    markdown-it gave up, everything after it) is shown as a paragraph of its text.
+    """
+    tokens = state.tokens
+    lines = state.src.split("\n")
+    out: list[Token] = []
+    depth = 0
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token.type in _NESTED_OPEN and depth >= MAX_NESTING and token.map is not None:
+            end = _matching_close(tokens, index)
+            start, stop = token.map
+            text_lines = [line.strip() for line in lines[start:stop]]
+            if text_lines:
+                first = text_lines[0]
+                for _ in range(depth):  # the markers of the levels still shown
+                    match = _MARKER.match(first)
+                    first = first[match.end() :] if match else first
+                text_lines[0] = first
+            out.extend(_paragraph("\n".join(text_lines).strip("\n"), token))
+            index = end + 1
+            continue
+        if token.type in _NESTED_OPEN:
+            depth += 1
+        elif token.type in _NESTED_CLOSE:
+            depth -= 1
+        out.append(token)
+        index += 1
+    state.tokens = out
+
+
+def _matching_close(tokens: list[Token], index: int) -> int:
+    level = 0
+    for at in range(index, len(tokens)):
+        level += tokens[at].nesting
+        if level == 0:
+            return at
+    return len(tokens) - 1
+
+
+def _paragraph(text: str, where: Token) -> list[Token]:
+    """Tokens of a paragraph holding ``text`` literally, at ``where``'s place."""
+    opening = Token("paragraph_open", "p", 1, map=where.map, level=where.level, block=True)
+    children: list[Token] = []
+    for number, line in enumerate(text.split("\n")):
+        if number:
+            children.append(Token("hardbreak", "br", 0))
+        children.append(Token("text", "", 0, content=line))
+    inline = Token(
+        "inline", "", 0, map=where.map, level=where.level + 1, content=text, children=children
+    )
+    inline.block = True
+    closing = Token("paragraph_close", "p", -1, level=where.level, block=True)
+    return [opening, inline, closing]
