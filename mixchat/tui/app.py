@@ -15,12 +15,14 @@ from typing import Any
 from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from mixchat.config import Settings, SettingsSources
 from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
 from mixchat.store import ConversationStore
+from mixchat.textsafe import neutralize
 from mixchat.tui.files import save_text
 from mixchat.tui.messages import ModelFailed, ModelLoading, ModelNotice, ModelReady
 from mixchat.tui.palette import palette_commands
@@ -38,6 +40,9 @@ class MixchatApp(App[None]):
 
     TITLE = "mixchat"
     CSS_PATH = CSS_FILE
+    # Classes for every screen by terminal size; mixchat.tcss lays out small terminals.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-medium"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     BINDINGS = [
         Binding("f1", "help", "Help"),
         Binding("ctrl+t", "pick_theme", "Theme"),
@@ -72,6 +77,35 @@ class MixchatApp(App[None]):
     async def wait_for_model(self) -> None:
         """Wait until the model has loaded or failed to (for tests and scripts)."""
         await self._model_settled.wait()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notification is plain text: messages carry model ids, paths, titles and
+        engine or server errors, so they are never parsed as markup (``markup`` is
+        ignored), and control characters are shown as escapes."""
+        super().notify(
+            neutralize(str(message)),
+            title=neutralize(str(title)),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
+
+    def action_help_quit(self) -> None:
+        """Ctrl+C outside a text field: say how to quit (Textual's own note uses markup)."""
+        self.notify("Press Ctrl+Q to quit the app.", title="Do you want to quit?")
+
+    def validate_theme(self, theme_name: str) -> str:
+        """Every theme change is vetted first: one that would break a widget is refused."""
+        themes = getattr(self, "themes", None)  # None while App.__init__ sets the default
+        return themes.validate(theme_name) if themes is not None else theme_name
 
     def get_default_screen(self) -> Screen[None]:
         return ChatScreen(self.store, self.sources, self.resume_id)

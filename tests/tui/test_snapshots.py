@@ -5,6 +5,8 @@ Update after an intended visual change with: pytest tests/tui/test_snapshots.py 
 
 from __future__ import annotations
 
+import pytest
+
 from mixchat.config import Settings
 from mixchat.conversation import Message, Role, Status
 from mixchat.engine.scripted import ScriptedEngine
@@ -64,6 +66,72 @@ def test_main_screen_dark(snap_compare) -> None:  # type: ignore[no-untyped-def]
 
 def test_main_screen_light(snap_compare) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(_app("mixchat-light"), terminal_size=(110, 40), run_before=_settle)
+
+
+def test_main_screen_high_contrast(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(_app("mixchat-high-contrast"), terminal_size=(110, 40), run_before=_settle)
+
+
+# A representative answer from the render corpus: aligned table, nested list, quote,
+# inline HTML as text, code; in each built-in theme.
+RICH_ANSWER = """## Comparison
+
+| Language | Typing | Speed |
+|:---------|:------:|------:|
+| Python | dynamic | 1 |
+| Rust | static | 100 |
+
+- Steps:
+  1. read <kbd>input</kbd>
+  2. **parse** it
+- [x] done
+
+> Quoted *advice*.
+
+```rust
+fn main() { println!("hi"); } // a line long enough to scroll sideways in the fence here
+```
+"""
+
+
+def _rich_app(theme: str) -> MixchatApp:
+    store = ConversationStore.open()
+    conv = store.create_conversation(model="m", system_prompt=None, settings={})
+    store.append_message(conv.id, Message(Role.USER, "Compare Python and Rust."))
+    reply = store.start_reply(conv.id)
+    assert reply.id is not None
+    store.finish_reply(reply.id, RICH_ANSWER, Status.COMPLETE)
+    store.rename(conv.id, "Comparing Python and Rust for a command line tool")
+    engine = ScriptedEngine()
+    return MixchatApp(
+        Settings(model="HuggingFaceTB/SmolLM2-135M-Instruct", theme=theme),
+        lambda _s: engine,
+        store,
+        resume_id=conv.id,
+    )
+
+
+@pytest.mark.parametrize("theme", ["mixchat-dark", "mixchat-light", "mixchat-high-contrast"])
+def test_rich_answer(snap_compare, theme: str) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(_rich_app(theme), terminal_size=(100, 36), run_before=_settle)
+
+
+def test_settings_at_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    async def open_settings(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+
+    assert snap_compare(_rich_app("mixchat-dark"), terminal_size=(80, 24), run_before=open_settings)
+
+
+def test_narrow_60x20_with_a_notification(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    async def notify(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        pilot.app.notify("Copied the last answer.", timeout=60)
+        await pilot.pause()
+
+    assert snap_compare(_rich_app("mixchat-dark"), terminal_size=(60, 20), run_before=notify)
 
 
 def test_help_screen(snap_compare) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from textual.widgets._markdown import MarkdownBlock
 from mixchat.conversation import Status
 from mixchat.textsafe import neutralize
 from mixchat.tui.app import CSS_FILE
-from mixchat.tui.widgets import chat_view
+from mixchat.tui.widgets import reply_renderer
 from mixchat.tui.widgets.chat_view import AssistantBlock
 from mixchat.tui.widgets.code_stream import CodeFence, LineHighlighter, open_fence, parse_opener
 
@@ -251,14 +251,14 @@ async def streamed(pilot, pieces: list[str]):  # type: ignore[no-untyped-def]
     return screen_cells(pilot.app), screen_text(pilot.app), block_dump(block)
 
 
-@pytest.mark.parametrize("segment_blocks", [chat_view.SEGMENT_BLOCKS, 2])
+@pytest.mark.parametrize("segment_blocks", [reply_renderer.SEGMENT_BLOCKS, 2])
 @pytest.mark.parametrize(
     "text", [REPLY, TRICKY, UNCLOSED], ids=["reply", "tricky", "unclosed-fence"]
 )
 async def test_streamed_reply_renders_like_whole_text(
     monkeypatch: pytest.MonkeyPatch, segment_blocks: int, text: str
 ) -> None:
-    monkeypatch.setattr(chat_view, "SEGMENT_BLOCKS", segment_blocks)
+    monkeypatch.setattr(reply_renderer, "SEGMENT_BLOCKS", segment_blocks)
     app = Host()
     async with app.run_test(size=SIZE) as pilot:
         want_cells, want_text, want_blocks = await reference(pilot, text)
@@ -272,7 +272,7 @@ async def test_streamed_reply_renders_like_whole_text(
 
 
 async def test_character_by_character(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chat_view, "SEGMENT_BLOCKS", 1)
+    monkeypatch.setattr(reply_renderer, "SEGMENT_BLOCKS", 1)
     text = REPLY[: REPLY.index("| name")]
     app = Host()
     async with app.run_test(size=SIZE) as pilot:
@@ -283,7 +283,7 @@ async def test_character_by_character(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_long_reply_is_cut_into_segments_with_the_same_spacing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(chat_view, "SEGMENT_BLOCKS", 3)
+    monkeypatch.setattr(reply_renderer, "SEGMENT_BLOCKS", 3)
     text = "".join(
         f"## Part {i}\n\nParagraph {i}.\n\n```\ncode {i}\n```\n\n- a\n- b\n\n> q {i}\n\n"
         for i in range(6)
@@ -396,7 +396,7 @@ class SideBySide(App[None]):
 async def test_every_step_of_a_stream_shows_what_its_text_so_far_renders_to(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(chat_view, "SEGMENT_BLOCKS", 2)
+    monkeypatch.setattr(reply_renderer, "SEGMENT_BLOCKS", 2)
     long = " ".join(f"word{i} [b]x[/b]" for i in range(30))  # wraps over a few lines
     text = f"# Title\n\n{long}\n\n1. one\n\n2. {long}\n\n> {long}\n\nend\n"
     app = SideBySide()

@@ -101,7 +101,7 @@ class ChatScreen(Screen[None]):
             yield Sidebar(self.store, id="sidebar")
             with Vertical(id="main"):
                 yield ChatView(id="chat")
-                yield PromptInput(id="input")
+                yield PromptInput(self.settings.model, id="input")
         yield StatusBar(self.settings.model, id="status")
 
     async def on_mount(self) -> None:

@@ -77,14 +77,16 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
     def compose(self) -> ComposeResult:
         from mixchat.config import CONVERSATION_KEYS, OPTIONS
 
-        with Vertical(classes="dialog wide"):
-            yield Label("System prompt")
-            yield TextArea(self.current.get("system_prompt") or "", id="system", soft_wrap=True)
-            with Grid(classes="fields"):
-                for key in CONVERSATION_KEYS:
-                    yield Label(Text(OPTIONS[key].doc.capitalize()))
-                    yield Input(_shown(self.current.get(key)), id=key)
-            yield Label("", id="error", classes="error")
+        with Vertical(classes="dialog wide", id="settings-dialog"):
+            # The fields scroll on a short terminal; the error line and buttons stay put.
+            with VerticalScroll(id="settings-fields"):
+                yield Label("System prompt")
+                yield TextArea(self.current.get("system_prompt") or "", id="system", soft_wrap=True)
+                with Grid(classes="fields"):
+                    for key in CONVERSATION_KEYS:
+                        yield Label(Text(OPTIONS[key].doc.capitalize()))
+                        yield Input(_shown(self.current.get(key)), id=key)
+            yield Label("", id="error", classes="error-line")
             with Horizontal(classes="buttons"):
                 yield Button("Save (Ctrl+S)", variant="primary", id="save")
                 yield Button("Cancel (Esc)", id="cancel")

@@ -25,20 +25,25 @@ in many chunkings and compare the screens cell by cell.
 
 from __future__ import annotations
 
-import re
-
-from markdown_it import MarkdownIt
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.geometry import Spacing
+from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Button, Label, Markdown, Static
-from textual.widgets._markdown import MarkdownBlock
 
 from mixchat.conversation import Message, Role, Status
 from mixchat.textsafe import neutralize
-from mixchat.tui.widgets.code_stream import ChatMarkdown, CodeFence, open_fence
+from mixchat.tui.widgets.code_stream import ChatMarkdown
+from mixchat.tui.widgets.long_text import (
+    MAX_SHOWN_BLOCKS,
+    MAX_SHOWN_CHARS,
+    Head,
+    markdown_head,
+    plain_head,
+    too_long_note,
+)
+from mixchat.tui.widgets.reply_renderer import ReplyRenderer
 
 STATUS_LABEL = {Status.INTERRUPTED: "stopped", Status.ERROR: "error"}
 CUT_NOTE = "cut at the token limit: Ctrl+O continues it"
@@ -49,17 +54,6 @@ def status_note(message: Message) -> str:
     return CUT_NOTE if message.finish_reason == "length" else ""
 
 
-SEGMENT_BLOCKS = 24  # top-level blocks in a segment before the reply may start a new one
-# Top-level blocks that a blank line ends for good: nothing after it can join them.
-ENDED_BY_BLANK_LINE = {
-    "paragraph_open",
-    "heading_open",
-    "hr",
-    "fence",
-    "table_open",
-    "blockquote_open",
-}
-BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # Line and paragraph separators: Python's str.splitlines (which Textual's Markdown uses to
 # count lines) breaks on them but Markdown does not, so they are shown escaped.
 _SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029"})
@@ -71,27 +65,51 @@ def markdown_text(text: str) -> str:
 
 
 class UserBlock(Static):
-    """A user message, as literal text."""
+    """A user message, as literal text (a very long one: its head and a note)."""
 
     def __init__(self, content: str) -> None:
-        super().__init__(Text(neutralize(content)), classes="message user")
+        head = plain_head(content)
+        text = Text(neutralize(head.text))
+        if head.truncated:
+            text.append("\n\n" + too_long_note(head, whole=""), style="italic")
+        super().__init__(text, classes="message user")
         self.source = content
 
 
 class AssistantBlock(Vertical):
-    """An assistant message: Markdown body (one or more segments) plus a status line."""
+    """An assistant message: Markdown body (one or more segments) plus a status line.
+
+    A very long message is rendered up to the budgets of ``long_text``, saved or
+    streamed, with a note under it; ``source`` always holds the whole text.
+    """
 
     def __init__(
         self, content: str = "", status: Status | None = Status.COMPLETE, note: str = ""
     ) -> None:
         super().__init__(classes="message assistant")
-        self.source = content
+        self._pieces = [content]  # joined on demand: a long stream is not copied per delta
         self._initial_status = status
         self._initial_note = note
         self._renderer: ReplyRenderer | None = None
+        self._shown_chars = 0  # of a streamed reply, given to the renderer
+        self._cut = False  # a streamed reply went over the budget: the rest is not shown
+
+    @property
+    def source(self) -> str:
+        """The whole text of the message."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0]
+
+    @source.setter
+    def source(self, text: str) -> None:
+        self._pieces = [text]
 
     def compose(self) -> ComposeResult:
-        yield ChatMarkdown(markdown_text(self.source), open_links=False)
+        head = markdown_head(self.source)
+        yield ChatMarkdown(markdown_text(head.text), open_links=False)
+        if head.truncated:
+            yield Label(Text(too_long_note(head)), classes="too-long")
         yield Label("", classes="status")
 
     def on_mount(self) -> None:
@@ -120,184 +138,46 @@ class AssistantBlock(Vertical):
         """Stream more Markdown into the body (the caller coalesces deltas)."""
         if not text:
             return
-        self.source += text
+        self._pieces.append(text)
+        if self._cut:
+            self._show_too_long()
+            return
         if self._renderer is None:
             self._renderer = ReplyRenderer(self, self.markdown)
-        await self._renderer.write(markdown_text(text))
+        over = False
+        room = MAX_SHOWN_CHARS - self._shown_chars
+        widgets = self._widgets() + text.count("\n") + text.count("|") if "\n" in text else 0
+        if len(text) > room or widgets > MAX_SHOWN_BLOCKS:
+            # Near a budget: the head of everything so far, as a saved message would get.
+            shown = self._shown_chars
+            head = markdown_head(self.source[: shown + len(text)])
+            over = head.truncated
+            text = text[: max(0, len(head.text) - shown)]
+        if text:
+            self._shown_chars += len(text)
+            await self._renderer.write(markdown_text(text))
+        if over:
+            self._cut = True
+            await self.finish()
+            self._show_too_long()
+
+    def _widgets(self) -> int:
+        return sum(1 for segment in self.segments for _ in segment.walk_children())
+
+    def _show_too_long(self) -> None:
+        head = Head(self.source[: self._shown_chars], len(self.source))
+        note = Text(too_long_note(head))
+        found = self.query(".too-long")
+        if found:
+            found.first(Label).update(note)
+        else:
+            self.mount(Label(note, classes="too-long"), before=self.query_one(".status"))
 
     async def finish(self) -> None:
         """Render whatever is still held back; the body is final after this."""
         if self._renderer is not None:
             await self._renderer.finish()
             self._renderer = None
-
-
-class ReplyRenderer:
-    """Writes a streaming reply into an ``AssistantBlock``; see the module docstring."""
-
-    def __init__(self, block: AssistantBlock, first: Markdown) -> None:
-        self._block = block
-        self._live = first  # the segment being written
-        self._live_source = first.source  # the text given to it so far
-        self._tail_offset = 0  # in _live_source: a top-level block start at or before the last
-        self._fence: CodeFence | None = None  # an open fence being fed text
-        self._held = ""  # fence text not yet given to the live segment
-        self._fence_closed = False  # the closing line came; waiting for the next block
-        self._seam: tuple[MarkdownBlock, Spacing] | None = None  # last block before a cut
-        self._parser = MarkdownIt("gfm-like")
-
-    async def write(self, text: str) -> None:
-        """Render ``text`` (from ``markdown_text``) after what came before."""
-        if self._fence is None:
-            await self._write_prose(text)
-            return
-        closed_at = 0 if self._fence_closed else self._fence.feed(text)
-        if closed_at is None:
-            self._held += text  # shown by the fence; Markdown gets it when the fence closes
-            return
-        self._fence_closed = True
-        if not text[closed_at:].strip():
-            self._held += text  # closed: wait for the next block to start (see below)
-            return
-        # Give Markdown the whole fence and the start of the next block in one append, so
-        # the fence is parsed and highlighted once, not again on every update while it
-        # is still the last block.
-        text, self._held = self._held + text, ""
-        await self._end_fence(text)
-
-    async def finish(self) -> None:
-        """Hand any held-back fence text to Markdown, which renders it as a whole."""
-        if self._fence is not None:
-            held, self._held = self._held, ""
-            await self._end_fence(held, reopen=False)
-
-    async def _end_fence(self, text: str, reopen: bool = True) -> None:
-        # Markdown re-parses from the fence's first line, highlights the whole block and
-        # gives it to the fence (``set_content``), which stops streaming.
-        self._fence = None
-        self._fence_closed = False
-        await self._append_live(text)
-        if reopen:
-            self._open_fence_if_any()
-
-    async def _write_prose(self, text: str) -> None:
-        head, rest = self._cut(text)
-        if head:
-            await self._append_live(head)
-        if rest is not None:
-            await self._start_segment(rest)
-        self._open_fence_if_any()
-
-    async def _append_live(self, text: str) -> None:
-        before = sum(isinstance(child, MarkdownBlock) for child in self._live.children)
-        self._live_source += text
-        await self._live.append(text)
-        if before >= 2:
-            await self._rejoin(before - 2)
-        self._fix_seam()
-
-    def _cut(self, text: str) -> tuple[str, str | None]:
-        """Split ``text`` where a new segment may start: (head, rest) or (text, None).
-
-        Only when the live segment is long, and only just after a blank line that ended
-        a block no later text can extend (a paragraph, say; not a list), so the segments
-        parse exactly as the whole reply would.
-        """
-        blocks = sum(isinstance(child, MarkdownBlock) for child in self._live.children)
-        if blocks < SEGMENT_BLOCKS:
-            return text, None
-        last_line = self._live_source[max(self._live_source.rfind("\n"), 0) :]
-        if not BLANK_LINE.search(last_line + text):
-            return text, None
-        tail = self._live_source[self._tail_offset :] + text
-        cut = len(self._live_source) - self._tail_offset  # where ``text`` starts in tail
-        starts: dict[int, tuple[str, int]] = {}  # first line -> (token type, end line)
-        for token in self._parser.parse(tail):
-            if token.level == 0 and token.map is not None:
-                starts[token.map[0]] = (token.type, token.map[1])
-        lines = tail.split("\n")
-        offsets = [0]
-        for line in lines[:-1]:
-            offsets.append(offsets[-1] + len(line) + 1)
-        before: tuple[str, int] | None = None  # type and end line of the block so far
-        for number, offset in enumerate(offsets):
-            blank_before = number > 0 and not lines[number - 1].strip(" \t")
-            if blank_before and offset >= cut and before is not None:
-                kind, end = before
-                if kind in ENDED_BY_BLANK_LINE and end <= number - 1:
-                    at = offset - cut
-                    return text[:at], text[at:]
-            if number in starts:
-                before = starts[number]
-        if starts:
-            self._tail_offset += offsets[max(starts)]
-        return text, None
-
-    async def _rejoin(self, first: int) -> None:
-        """Re-render the blocks from index ``first`` on when an append merged into them.
-
-        ``Markdown.append`` re-parses from the start of the last block only, so a block
-        that began as a paragraph ("2" after a list and a blank line) and then became
-        part of the block before it ("2. item") would stay a separate block. Checked by
-        parsing again from the block before the re-parsed ones; repaired by moving those
-        blocks' text to a new segment.
-        """
-        blocks = [c for c in self._live.children if isinstance(c, MarkdownBlock)][first:]
-        first_line = blocks[0].source_range[0]
-        tail = "".join(self._live_source.splitlines(keepends=True)[first_line:])
-        shown = [block.source_range[0] - first_line for block in blocks]
-        parsed = [t.map[0] for t in self._parser.parse(tail) if t.level == 0 and t.map]
-        if parsed == shown:
-            return
-        with self._block.app.batch_update():
-            for block in blocks:
-                await block.remove()
-            self._live_source = self._live_source[: len(self._live_source) - len(tail)]
-            await self._start_segment(tail)
-
-    async def _start_segment(self, text: str) -> None:
-        """Go on in a new Markdown segment after the live one, starting with ``text``."""
-        self._fix_seam()  # against the live segment's first block, final from now on
-        old = self._live
-        blocks = [c for c in old.children if isinstance(c, MarkdownBlock)]
-        segment = ChatMarkdown(open_links=False)
-        await self._block.mount(segment, after=old)
-        if blocks:
-            self._seam = (blocks[-1], blocks[-1].styles.margin)
-        else:
-            await old.remove()  # emptied by _rejoin; a pending seam now faces the new one
-        self._live, self._live_source, self._tail_offset = segment, "", 0
-        if text:
-            await self._append_live(text)
-
-    def _fix_seam(self) -> None:
-        """Margins of adjacent blocks collapse inside one Markdown but not across two:
-        shrink the bottom margin of the block before a cut so the gap is the same."""
-        if self._seam is None:
-            return
-        children = [c for c in self._live.children if isinstance(c, MarkdownBlock)]
-        if not children:
-            return
-        before, margin = self._seam
-        top = children[0].styles.margin.top
-        bottom = max(0, margin.bottom - top)
-        if before.styles.margin.bottom != bottom:
-            before.styles.margin = Spacing(margin.top, margin.right, bottom, margin.left)
-        if len(children) > 1:
-            self._seam = None  # the first block is no longer the last: it stays as it is
-
-    def _open_fence_if_any(self) -> None:
-        """If the live segment now ends in an open top-level fence, stream it ourselves."""
-        try:
-            last = self._live.children[-1]
-        except IndexError:
-            return
-        if not isinstance(last, CodeFence) or last.streaming:
-            return
-        found = open_fence(last.source or "")
-        if found is not None:
-            last.start_streaming(*found)
-            self._fence = last
 
 
 INITIAL_MESSAGES = 40  # rendered when a conversation opens; older ones on request
@@ -326,10 +206,12 @@ class ChatView(VerticalScroll):
         self.scroll_end(animate=False)
         self.anchor()
 
-    def _earlier_button(self) -> Button:
+    def _earlier_label(self) -> Content:
         count = len(self._hidden)
-        label = f"Show {count} earlier message{'s' if count != 1 else ''}"
-        return Button(label, id="earlier", classes="earlier")
+        return Content(f"Show {count} earlier message{'s' if count != 1 else ''}")
+
+    def _earlier_button(self) -> Button:
+        return Button(self._earlier_label(), id="earlier", classes="earlier")
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id != "earlier":
@@ -345,7 +227,7 @@ class ChatView(VerticalScroll):
         blocks = [self._block(m) for m in batch]
         await self.mount_all(blocks, after=button)
         if self._hidden:
-            button.label = self._earlier_button().label
+            button.label = self._earlier_label()
         else:
             await button.remove()
 

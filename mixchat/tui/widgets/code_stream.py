@@ -18,8 +18,8 @@ look is that of the whole text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from markdown_it.token import Token
 from pygments.lexer import Lexer
@@ -32,6 +32,8 @@ from textual.css.styles import RulesMap
 from textual.highlight import ANSIDarkHighlightTheme, ANSILightHighlightTheme, HighlightTheme
 from textual.widgets import Label, Markdown
 from textual.widgets._markdown import MarkdownBlock, MarkdownFence, MarkdownParagraph
+
+from mixchat.tui.widgets.md_blocks import AlignedTable, HtmlBlock, chat_parser
 
 OPENER = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
 CHUNK_LINES = 32  # lines of code per Label
@@ -48,6 +50,7 @@ class FenceOpener:
     indent: int
     marker: str  # the run of backticks or tildes
     info: str
+    complete: bool = True  # False while the line's end (the info string) is still to come
 
     @property
     def language(self) -> str:
@@ -81,9 +84,15 @@ def parse_opener(line: str) -> FenceOpener | None:
 
 
 def open_fence(source: str) -> tuple[FenceOpener, str] | None:
-    """If ``source`` (a fence block's Markdown) is a fence not yet closed: opener and body."""
-    first, _, body = source.partition("\n")
+    """If ``source`` (a fence block's Markdown) is a fence not yet closed: opener and body.
+
+    While the opening line is incomplete, the body is empty and the opener's
+    ``complete`` is False: the rest of the line (the language) is still to come.
+    """
+    first, newline, body = source.partition("\n")
     opener = parse_opener(first)
+    if opener is not None and not newline:
+        return replace(opener, complete=False), ""
     if opener is None:
         return None
     lines = body.split("\n")
@@ -192,6 +201,7 @@ class CodeFence(MarkdownFence):
         self._opener: FenceOpener | None = None  # set while streaming
         self._highlighter: LineHighlighter | None = None
         self._partial = ""  # the unfinished last line, while streaming
+        self._opening: str | None = None  # the opening line while it is incomplete
 
     @property
     def streaming(self) -> bool:
@@ -216,6 +226,7 @@ class CodeFence(MarkdownFence):
         self._content = content
         self._opener = self._highlighter = None
         self._partial = ""
+        self._opening = None
         self._show(content.split("\n", allow_blank=True), 0)
 
     def notify_style_update(self) -> None:
@@ -260,20 +271,42 @@ class CodeFence(MarkdownFence):
             self.mount_all(new)
 
     def start_streaming(self, opener: FenceOpener, body: str) -> None:
-        """Take over an open fence whose text so far (after the opening line) is ``body``."""
-        theme = highlight_theme(self.app.native_ansi_color, self.app.current_theme.dark)
+        """Take over an open fence whose text so far (after the opening line) is ``body``.
+
+        If the opening line is not complete yet, what follows up to its end is the rest of
+        the info string: it is held (never shown as code) until the line ends.
+        """
         self._opener = opener
-        self._highlighter = LineHighlighter(opener.language, theme)
+        self._highlighter = self._highlighter_for(opener)
         self._partial = ""
         self._rows = []
+        self._opening = None if opener.complete else (self.source or "").partition("\n")[0]
         self.feed(body)
+
+    def _highlighter_for(self, opener: FenceOpener) -> LineHighlighter:
+        theme = highlight_theme(self.app.native_ansi_color, self.app.current_theme.dark)
+        return LineHighlighter(opener.language, theme)
 
     def feed(self, text: str) -> int | None:
         """Show more of the fence body; where in ``text`` the fence closed, else None.
 
         The returned index is just past the closing line's newline; text from there on
-        is not shown (the caller gives it, with the whole fence, back to Markdown).
+        is not shown (the caller gives it, with the whole fence, back to Markdown). An
+        opening line that turns out not to open a fence (a backtick in its info string)
+        ends the fence at once: the whole of ``text`` goes back to Markdown.
         """
+        if self._opening is not None:
+            rest, newline, body = text.partition("\n")
+            self._opening += rest
+            if not newline:
+                return None
+            opener = parse_opener(self._opening)
+            self._opening = None
+            if opener is None:
+                return len(text)
+            self._opener, self._highlighter = opener, self._highlighter_for(opener)
+            closed = self.feed(body)
+            return None if closed is None else closed + len(rest) + 1
         opener, highlighter = self._opener, self._highlighter
         assert opener is not None and highlighter is not None, "not streaming"
         lines = (self._partial + text).split("\n")
@@ -317,11 +350,23 @@ class ChatParagraph(MarkdownParagraph):
 
 
 class ChatMarkdown(Markdown):
-    """Markdown with ``CodeFence`` code blocks and ``ChatParagraph`` paragraphs."""
+    """Markdown with ``CodeFence`` code blocks, ``ChatParagraph`` paragraphs, tables
+    aligned as their delimiter rows say, and HTML blocks shown as text."""
 
     BLOCKS = {
         **Markdown.BLOCKS,
         "paragraph_open": ChatParagraph,
         "fence": CodeFence,
         "code_block": CodeFence,
+        "table_open": AlignedTable,
     }
+
+    def __init__(self, markdown: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_factory", chat_parser)
+        super().__init__(markdown, **kwargs)
+
+    def unhandled_token(self, token: Token) -> MarkdownBlock | None:
+        """HTML blocks are shown as text (see ``md_blocks``)."""
+        if token.type == "html_block":
+            return HtmlBlock(self, token)
+        return None

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textual import events
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import TextArea
 
+from mixchat.textsafe import neutralize
 from mixchat.tui.widgets.keys import run_binding_now
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
+
+
+def model_display_name(model: str) -> str:
+    """A model's short name: the last part of a hub id or path, controls neutralised."""
+    parts = [part for part in model.replace("\\", "/").split("/") if part]
+    return neutralize(parts[-1]) if parts else ""
 
 
 class PromptInput(TextArea):
@@ -22,12 +31,14 @@ class PromptInput(TextArea):
 
         text: str
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, model: str = "", **kwargs: object) -> None:
+        name = model_display_name(model)
+        hint = "(Enter sends, Shift+Enter or Ctrl+J for a newline)"
         super().__init__(
             soft_wrap=True,
             show_line_numbers=False,
             tab_behavior="focus",
-            placeholder="Message Mixtral  (Enter sends, Shift+Enter or Ctrl+J for a newline)",
+            placeholder=Content(f"Message {name}  {hint}" if name else f"Message  {hint}"),
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -60,6 +71,35 @@ class PromptInput(TextArea):
         """Replace the text with ``text``, the cursor at its end, ready to type on."""
         self.text = text
         self.move_cursor(self.document.end)
+
+    def _recompute_cursor_offset(self) -> None:
+        # Textual bug: undoing a multi-line paste restores the shorter document, then
+        # refreshes the scrollbars, which scroll to the cursor before the selection is
+        # restored, so its row is out of bounds ("The document line index 1 is out of
+        # bounds"). Reported upstream as Textualize/textual#6686; the proposed fix
+        # (Textualize/textual#6687, open) clamps the location the same way.
+        self._cursor_offset = self.wrapped_document.location_to_offset(
+            self.clamp_visitable(self.cursor_location)
+        )
+
+    def undo(self) -> None:
+        """Undo the last batch of edits; should Textual fail half-way, keep the draft."""
+        self._guarded(super().undo)
+
+    def redo(self) -> None:
+        """Redo the last undone batch of edits; should Textual fail, keep the draft."""
+        self._guarded(super().redo)
+
+    def _guarded(self, edit: Callable[[], None]) -> None:
+        text = self.text
+        try:
+            edit()
+        except (ValueError, IndexError):
+            # The document may be half-changed: put the draft back as it was. Its undo
+            # history goes with it (Textual cannot replay a batch that failed).
+            self.load_text(text)
+            self.move_cursor(self.document.end)
+            self.notify("Undo failed inside the text box; your text is kept.", severity="warning")
 
     def action_newline(self) -> None:
         """Insert a line break at the cursor."""

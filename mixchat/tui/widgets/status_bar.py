@@ -135,4 +135,4 @@ class StatusBar(Static):
             parts.append(f"{self.tokens_per_s:.1f} tok/s")
         if self.info is not None:
             parts.append(f"ctx {self.context_used:,}/{self.info.context_size:,}")
-        self.update(Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis"))
+        self.update(Text(neutralize(" │ ".join(parts)), no_wrap=True, overflow="ellipsis"))
