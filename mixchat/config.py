@@ -44,6 +44,7 @@ class Settings:
     max_new_tokens: int = 1024
     seed: int | None = None
     theme: str = "mixchat-dark"
+    import_max_bytes: int = 64 * 1024 * 1024
     endpoint: str = ""
     api_key_env: str = "MIXCHAT_API_KEY"
 
@@ -209,6 +210,12 @@ FIELDS: dict[str, Field] = {
             _integer(0, optional=True, high=2**64 - 1),
         ),
         Field("theme", "theme of the interactive app", _text),
+        # Limits on what `mixchat import` reads (a file, or endless stdin such as /dev/zero).
+        Field(
+            "import_max_bytes",
+            "largest file (or stdin) `mixchat import` reads, in bytes (default 64 MiB)",
+            _integer(1),
+        ),
         Field(
             "endpoint",
             "URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp); empty runs locally",
@@ -285,15 +292,25 @@ def load_settings(
 def save_setting(key: str, value: str, path: Path | None = None) -> None:
     """Set one top-level string setting in ``config.toml``, keeping the rest of the file.
 
-    The file is rewritten atomically; an unreadable or invalid file is left alone
-    (``ConfigError``).
+    The file is replaced atomically through ``safefile`` (a link to it is followed, its
+    mode kept); an unreadable, invalid or non-regular file is left alone (``ConfigError``).
     """
     import json
     import re
+    import stat
+
+    from mixchat.safefile import WriteError, reason, write_text
 
     if key not in FIELDS:
         raise ConfigError(f"unknown setting {key!r}")
     target = path or paths.config_file()
+    try:
+        if not stat.S_ISREG(target.stat().st_mode):
+            raise ConfigError(f"{target}: not a regular file; left alone")
+    except FileNotFoundError:
+        pass  # a new file (or a dangling link, which write_text refuses)
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot read: {reason(exc)}") from None
     read_toml(target)  # refuse to edit a file we cannot parse
     try:
         text = target.read_text(encoding="utf-8")
@@ -305,7 +322,11 @@ def save_setting(key: str, value: str, path: Path | None = None) -> None:
     head = text[: table.start()] if table else text
     head = pattern.sub(lambda _: line, head, count=1) if pattern.search(head) else f"{line}\n{head}"
     new_text = head + (text[table.start() :] if table else "")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {target.parent}: {reason(exc)}") from None
+    try:
+        write_text(target, new_text)
+    except WriteError as exc:
+        raise ConfigError(str(exc)) from None

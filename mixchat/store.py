@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import itertools
 import json
 import os
 import re
@@ -39,13 +40,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from mixchat import paths
+from mixchat import dbfile, paths
 from mixchat.conversation import Conversation, Message, Role, Status, make_title
-from mixchat.searchrank import MatchReader, QueryWord, bm25_scores, normalize, snippet
+from mixchat.searchrank import (
+    EXCERPT_SCAN_CHARS,
+    MatchReader,
+    QueryWord,
+    bm25_scores,
+    mark_excerpt,
+    normalize,
+    snippet,
+)
 from mixchat.textsafe import scrub_surrogates
 
 BUSY_TIMEOUT_S = 30.0
 SEARCH_WINDOW = 1000  # search ranks at most this many of the newest matches
+# FTS5's highlight() costs hits x length (see searchrank): longer messages are marked in
+# an excerpt instead. Chat messages are almost all shorter than this.
+HIGHLIGHT_MAX_CHARS = 16_000
+MAX_QUERY_CHARS = 1000  # a longer search is refused: no one types it, and it costs seconds
 # Start/end markers around matched words in SearchHit.snippet (STX/ETX).
 MARK_START = "\x02"
 MARK_END = "\x03"
@@ -148,27 +161,95 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Times later than the clock by more than this are brought back to it by migration 2.
+FUTURE_SKEW_S = 600.0
+
+_SCHEMA_2 = (
+    # When the conversation was last used on this machine (created, continued, opened):
+    # `-c` continues that one. NULL for an imported conversation until it is used.
+    "ALTER TABLE conversations ADD COLUMN used_at REAL",
+    "UPDATE conversations SET used_at = updated_at",
+    "CREATE INDEX conversations_used ON conversations(used_at)",
+    # Each message's length, so search highlights a huge message only in an excerpt
+    # (a separate table: a column after `content` would be read through its overflow pages).
+    """CREATE TABLE message_sizes (
+        id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        chars INTEGER NOT NULL)""",
+    "INSERT INTO message_sizes (id, chars) SELECT id, length(content) FROM messages",
+    """CREATE TRIGGER message_sizes_ai AFTER INSERT ON messages BEGIN
+        INSERT INTO message_sizes (id, chars) VALUES (new.id, length(new.content));
+    END""",
+    """CREATE TRIGGER message_sizes_au AFTER UPDATE OF content ON messages BEGIN
+        UPDATE message_sizes SET chars = length(new.content) WHERE id = new.id;
+    END""",
+    """CREATE TRIGGER message_sizes_ad AFTER DELETE ON messages BEGIN
+        DELETE FROM message_sizes WHERE id = old.id;
+    END""",
+)
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_2:
+        conn.execute(statement)
+    # Imports by earlier versions kept times from the future (a year 5107 in `list`).
+    limit, now = time.time() + FUTURE_SKEW_S, time.time()
+    for table in ("conversations", "messages"):
+        for column in ("created_at", "updated_at"):  # fixed names
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE {column} > ?", (now, limit))
+    conn.execute("UPDATE conversations SET used_at = updated_at WHERE used_at > ?", (limit,))
+
+
 # Applied in order; the schema version is len(MIGRATIONS). Only ever append.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 
 
 def _error(exc: sqlite3.Error, path: Path) -> StoreError:
-    """Turn a sqlite3 error into a one-line StoreError naming the file."""
+    """Turn a sqlite3 error into a one-line StoreError naming the file and what happened,
+    read from SQLite's extended error code where it has one."""
     text = " ".join(str(exc).split())
     low = text.lower()
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    wal = path.with_name(path.name + "-wal")
+    if name == "SQLITE_IOERR_SHORT_READ" and _empty_or_missing(wal):
+        # The -shm index still lists frames of a log that is gone (SQLite then makes a
+        # new, empty one): it was deleted while another process had it open.
+        return StoreError(
+            f"{wal} (the database's write-ahead log) was deleted while another mixchat had"
+            " the database open; close the other mixchat processes, which still hold its"
+            " contents, then try again"
+        )
+    if name == "SQLITE_IOERR_SHORT_READ":
+        return StoreError(f"{path} or its -wal file is shorter than SQLite expects (truncated?)")
+    if name in ("SQLITE_IOERR_NOMEM", "SQLITE_NOMEM"):
+        return StoreError(f"out of memory while reading {path}")
+    if name.startswith("SQLITE_IOERR_LOCK") or name in ("SQLITE_IOERR_SHMLOCK", "SQLITE_NOLFS"):
+        return StoreError(f"cannot lock {path}: its file system does not support SQLite's locks")
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or name.startswith("SQLITE_CORRUPT"):
+        return StoreError(f"{path} is not a valid mixchat database ({text}); left untouched")
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return StoreError(f"{path} is not a valid mixchat database ({text}); left untouched")
-    if "readonly" in low or "read-only" in low:
+    if name.startswith("SQLITE_READONLY") or "readonly" in low or "read-only" in low:
         return StoreError(f"cannot write {path}: the file or its directory is read-only")
-    if "full" in low:
+    if name == "SQLITE_FULL" or "full" in low:
         return StoreError(f"cannot write {path}: the disk is full")
-    if "disk i/o" in low:
-        return StoreError(f"disk I/O error on {path} (is the disk full or failing?)")
-    if "unable to open" in low:
+    if name in ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE"):
+        return StoreError(f"writing {path} failed ({name}): is the disk failing or full?")
+    if name == "SQLITE_IOERR_READ":
+        return StoreError(f"reading {path} failed: is the disk failing?")
+    if name.startswith("SQLITE_IOERR") or "disk i/o" in low:
+        return StoreError(f"input/output error on {path} ({name or text})")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in low:
         return StoreError(f"cannot open {path}: is its directory there and writable?")
-    if "locked" in low or "busy" in low:
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in low or "busy" in low:
         return StoreError(f"{path} stayed locked by another mixchat for too long")
     return StoreError(f"database error on {path}: {text}")
+
+
+def _empty_or_missing(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return True
 
 
 def _guarded(method: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -202,23 +283,6 @@ def _retry_busy(action: Callable[[], _T], attempts: int = 6) -> _T:
                 raise
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def _make_private_dir(directory: Path, tighten: bool) -> None:
-    """Create ``directory`` (and missing parents) as 0700; optionally tighten it."""
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)  # another process may race us
-        os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
-    if tighten and directory.stat().st_uid == os.getuid():
-        # Best effort: an immutable directory must fail later, when writing, with a
-        # message saying so, not here with a misleading "cannot create".
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o700)
 
 
 def _json(value: Any) -> str:
@@ -260,6 +324,30 @@ def _fts_query(words: list[tuple[str, bool]], prefix: bool = False) -> str:
     )
 
 
+def _distinct_width(ids: list[str], least: int = 8) -> int:
+    """How many leading characters tell every one of ``ids`` (sorted) from its neighbours."""
+    width = least
+    for a, b in itertools.pairwise(ids):
+        common = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+        width = max(width, common + 1)
+    return width
+
+
+def _one_line(text: str, width: int = 40) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _beginning(conn: sqlite3.Connection, message_id: int) -> tuple[str, bool]:
+    """The first EXCERPT_SCAN_CHARS or so of a message, read without loading the rest
+    (SQLite's incremental blob I/O), and whether that is the whole message."""
+    with conn.blobopen("messages", "content", message_id, readonly=True) as blob:
+        size = len(blob)
+        data = blob.read(EXCERPT_SCAN_CHARS)
+    # A character cut at the end is dropped; the stored text is valid UTF-8 otherwise.
+    return data.decode("utf-8", errors="ignore"), len(data) == size
+
+
 def _message(row: sqlite3.Row) -> Message:
     return Message(
         role=Role(row["role"]),
@@ -284,21 +372,24 @@ class ConversationStore:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path | None = None) -> ConversationStore:
-        """Open (creating and migrating if needed) the store at ``path``."""
+    def open(cls, path: Path | None = None, *, create: bool = True) -> ConversationStore:
+        """Open (creating and migrating if needed) the store at ``path``.
+
+        With ``create=False`` (read-only commands) nothing is created: a missing database
+        opens as an empty store in memory. The file and its directory are checked first
+        (``dbfile``): one that is not ours, or a dangling link, is a StoreError.
+        """
         db = Path(path).expanduser() if path is not None else paths.database_file()
         try:
-            _make_private_dir(db.parent, tighten=path is None)
-            # Create the file ourselves so it is 0600 whatever the umask; SQLite
-            # gives the -wal and -shm files the same mode.
-            os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise StoreError(f"cannot create {db}: {exc.strerror or exc}") from exc
+            exists = dbfile.prepare(db, create=create, tighten=path is None)
+        except dbfile.DatabaseFileError as exc:
+            raise StoreError(str(exc)) from None
         try:
             conn = sqlite3.connect(
-                db, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                db if exists else ":memory:",
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
             )
         except sqlite3.Error as exc:
             raise _error(exc, db) from exc
@@ -389,19 +480,37 @@ class ConversationStore:
         if not rows:
             raise NotFoundError(f"no conversation with id {prefix!r}")
         if len(rows) > 1:
-            shown = ", ".join(f"{r['id'][:12]} ({r['title'] or 'untitled'})" for r in rows[:5])
+            ids = [str(r["id"]) for r in rows[:5]]
+            width = _distinct_width(ids)
+            shown = ", ".join(
+                f"{i[:width]} ({_one_line(r['title']) or 'untitled'})"
+                for i, r in zip(ids, rows, strict=False)
+            )
             more = ", …" if len(rows) > 5 else ""
             raise AmbiguousIdError(f"id {prefix!r} is ambiguous: {shown}{more}")
         return str(rows[0]["id"])
 
     @_guarded
     def last_conversation_id(self) -> str | None:
-        """Id of the most recently updated conversation, or None if there are none."""
+        """Id of the conversation last used on this machine (created, continued or opened;
+        see :meth:`mark_used`), or None if none was. Imported conversations count only
+        once used: their own timestamps say nothing about this machine."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT id FROM conversations ORDER BY updated_at DESC, rowid DESC LIMIT 1"
+                "SELECT id FROM conversations WHERE used_at IS NOT NULL"
+                " ORDER BY used_at DESC, rowid DESC LIMIT 1"
             ).fetchone()
         return None if row is None else str(row["id"])
+
+    @_guarded
+    def mark_used(self, id_or_prefix: str) -> None:
+        """Note that the user opened this conversation now (the app calls this), so that
+        ``-c`` continues it."""
+        conv_id = self.resolve_id(id_or_prefix)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE conversations SET used_at = ? WHERE id = ?", (time.time(), conv_id)
+            )
 
     # -- conversations ------------------------------------------------------
 
@@ -431,16 +540,18 @@ class ConversationStore:
             settings=dict(settings),
         )
         with self._write() as conn:
-            self._insert_conversation(conn, conv)
+            self._insert_conversation(conn, conv, used_at=now)
             if first_message is not None:
                 self._append(conn, conv.id, first_message)
         return conv
 
     @staticmethod
-    def _insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> None:
+    def _insert_conversation(
+        conn: sqlite3.Connection, conv: Conversation, used_at: float | None
+    ) -> None:
         conn.execute(
             "INSERT INTO conversations (id, title, created_at, updated_at, model,"
-            " system_prompt, settings) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " system_prompt, settings, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv.id,
                 scrub_surrogates(conv.title),
@@ -449,6 +560,7 @@ class ConversationStore:
                 scrub_surrogates(conv.model),
                 _opt_text(conv.system_prompt),
                 _json(conv.settings),
+                used_at,
             ),
         )
 
@@ -520,8 +632,8 @@ class ConversationStore:
         assignments = ", ".join(f"{column} = ?" for column in changes)  # fixed column names
         with self._write() as conn:
             conn.execute(
-                f"UPDATE conversations SET {assignments}, updated_at = ? WHERE id = ?",
-                (*changes.values(), time.time(), conv_id),
+                f"UPDATE conversations SET {assignments}, updated_at = ?, used_at = ? WHERE id = ?",
+                (*changes.values(), *[time.time()] * 2, conv_id),
             )
 
     @_guarded
@@ -553,14 +665,19 @@ class ConversationStore:
                 (row["conversation_id"], row["position"]),
             )
             conn.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = ?",
-                (time.time(), row["conversation_id"]),
+                "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id = ?",
+                (*[time.time()] * 2, row["conversation_id"]),
             )
             return int(cursor.rowcount)
 
     @_guarded
     def import_conversation(self, conv: Conversation) -> Conversation:
-        """Store a whole conversation; keeps its id if valid and free, else a new one."""
+        """Store a whole conversation; keeps its id if valid and free, else a new one.
+
+        Times later than this machine's clock (plus FUTURE_SKEW_S) become now, so an
+        import cannot claim the top of the list for years; the conversation is not
+        "used" here until it is opened or continued (see ``last_conversation_id``).
+        """
         with self._write() as conn:
             conv_id = conv.id.lower()
             taken = conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conv_id,))
@@ -570,11 +687,25 @@ class ConversationStore:
             if not title:
                 first = next((m for m in conv.messages if m.role == Role.USER), None)
                 title = make_title(first.content) if first else ""
+            now = time.time()
+
+            def clamp(ts: float) -> float:  # a time from the future becomes now
+                return now if ts > now + FUTURE_SKEW_S else ts
+
             stored = replace(
-                conv, id=conv_id, title=title, settings=dict(conv.settings), messages=[]
+                conv,
+                id=conv_id,
+                title=title,
+                settings=dict(conv.settings),
+                messages=[],
+                created_at=clamp(conv.created_at),
+                updated_at=clamp(conv.updated_at),
             )
-            self._insert_conversation(conn, stored)
+            # Not used here yet: `-c` goes on with what the user last used, not with
+            # whatever an imported file says is newest.
+            self._insert_conversation(conn, stored, used_at=None)
             for position, message in enumerate(conv.messages):
+                message = replace(message, created_at=clamp(message.created_at))
                 stored.messages.append(self._insert_message(conn, conv_id, position, message))
         return stored
 
@@ -620,7 +751,10 @@ class ConversationStore:
             (conv_id,),
         ).fetchone()[0]
         message.id = cls._insert_message(conn, conv_id, position, message).id
-        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conv_id))
+        conn.execute(
+            "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id = ?",
+            (*[time.time()] * 2, conv_id),
+        )
         if message.role == Role.USER:
             conn.execute(
                 "UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
@@ -666,9 +800,9 @@ class ConversationStore:
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")
             conn.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id ="
+                "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id ="
                 " (SELECT conversation_id FROM messages WHERE id = ?)",
-                (now, message_id),
+                (now, now, message_id),
             )
 
     # -- search -------------------------------------------------------------
@@ -685,6 +819,11 @@ class ConversationStore:
         matches (all words weighted alike) among the newest SEARCH_WINDOW
         matching messages.
         """
+        if len(query) > MAX_QUERY_CHARS:
+            raise StoreError(
+                f"the search is {len(query):,} characters long; mixchat searches at most"
+                f" {MAX_QUERY_CHARS:,} (use fewer words)"
+            )
         words = _query_words(query)
         if not words or limit <= 0:
             return []
@@ -704,19 +843,34 @@ class ConversationStore:
         window = max(SEARCH_WINDOW, limit)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT m.conversation_id, c.title, m.id, m.role, hit.marked FROM"
-                " (SELECT rowid AS id, highlight(messages_fts, 0, ?, ?) AS marked"
-                "   FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?) hit"
+                "SELECT m.conversation_id, c.title, m.id, m.role, hit.marked, hit.chars FROM"
+                " (SELECT messages_fts.rowid AS id, size.chars AS chars,"
+                "   CASE WHEN size.chars <= ? THEN highlight(messages_fts, 0, ?, ?) END AS marked"
+                "   FROM messages_fts LEFT JOIN message_sizes size ON size.id = messages_fts.rowid"
+                "   WHERE messages_fts MATCH ? ORDER BY messages_fts.rowid DESC LIMIT ?) hit"
                 " JOIN messages m ON m.id = hit.id"
                 " JOIN conversations c ON c.id = m.conversation_id",
-                (MARK_START, MARK_END, _fts_query(words, prefix), window),
+                (HIGHLIGHT_MAX_CHARS, MARK_START, MARK_END, _fts_query(words, prefix), window),
             ).fetchall()
+            beginnings = {r[2]: _beginning(conn, r[2]) for r in rows if r[4] is None}
         query = [
             QueryWord(tuple(normalize(word)), _as_prefix(word, starred, prefix))
             for word, starred in words
         ]
         reader = MatchReader(query, MARK_START, MARK_END)
-        matches = [reader.read(r[4]) for r in rows]
+        matches = []
+        for row in rows:
+            if row[4] is not None:
+                matches.append(reader.read(row[4]))
+                continue
+            text, whole = beginnings[row[2]]
+            marked, lo, hi = mark_excerpt(text, query, MARK_START, MARK_END, whole=whole)
+            chars = max(row[5] or 0, len(text))
+            # BM25's length: the excerpt's words per character, over the whole message.
+            length = len(marked.split()) * chars // max(1, len(marked))
+            matches.append(
+                reader.read(marked, length=length, cut_before=lo > 0, cut_after=hi < chars)
+            )
         scores = bm25_scores(matches)
         best = sorted(range(len(rows)), key=lambda i: (-scores[i], -rows[i][2]))[:limit]
         return [

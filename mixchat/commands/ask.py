@@ -258,7 +258,7 @@ def _open_conversation(request: AskRequest, settings: Settings) -> tuple[Any, Co
     wants_history = request.continue_last or request.conversation is not None
     if not request.save and not wants_history:
         return None, None
-    store = ConversationStore.open()
+    store = ConversationStore.open(create=request.save)  # --no-save creates nothing
     try:
         conv: Conversation | None = None
         if request.conversation is not None:
@@ -266,7 +266,10 @@ def _open_conversation(request: AskRequest, settings: Settings) -> tuple[Any, Co
         elif request.continue_last:
             last = store.last_conversation_id()
             if last is None:
-                raise NotFoundError("no saved conversation to continue")
+                raise NotFoundError(
+                    "no conversation used on this machine to continue"
+                    " (continue an imported one with --conversation ID)"
+                )
             conv = store.get_conversation(last)
     except BaseException:
         store.close()

@@ -37,7 +37,10 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
         elif continue_last:
             resume_id = store.last_conversation_id()
             if resume_id is None:
-                raise NotFoundError("no saved conversation to continue")
+                raise NotFoundError(
+                    "no conversation used on this machine to continue"
+                    " (continue an imported one with --resume ID)"
+                )
         from mixchat.tui.app import MixchatApp
 
         app = MixchatApp(

@@ -328,6 +328,7 @@ class ChatScreen(Screen[None]):
             self.notify("Stop the answer first (Esc).", severity="warning")
             return
         self.conversation = self.store.get_conversation(conversation_id)
+        self.store.mark_used(self.conversation.id)  # `mixchat -c` / `ask -c` go on with it
         self.sidebar.current_id = self.conversation.id
         await self.chat.show_conversation(self.conversation.messages)
         last = self.conversation.messages[-1] if self.conversation.messages else None
