@@ -12,12 +12,15 @@ Rules, as for every file mixchat writes (see ``safefile``):
   make SQLite create the database wherever it points.
 - ``create=False`` (read-only commands: list, show, search, export) creates nothing: a
   missing directory or database reads as an empty history.
+
+``sqlite_error_message`` says in one line what a SQLite error on the file means.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -111,3 +114,70 @@ def prepare(db: Path, *, create: bool, tighten: bool) -> bool:
         verb = "create" if create else "open"
         raise DatabaseFileError(f"cannot {verb} {db}: {_reason(exc)}") from None
     return True
+
+
+def sqlite_error_message(exc: sqlite3.Error, path: Path) -> str:
+    """One line saying what a sqlite3 error on the database ``path`` means, told by
+    SQLite's extended error code where it has one (its text alone often says only
+    "disk I/O error"), else by its text."""
+    text = " ".join(str(exc).split())
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return _by_code(name, path, text) or _by_text(text.lower(), path, text)
+
+
+def _by_code(name: str, path: Path, text: str) -> str | None:
+    wal = path.with_name(path.name + "-wal")
+    if name == "SQLITE_IOERR_SHORT_READ" and _empty_or_missing(wal):
+        # The -shm index still lists frames of a log that is gone (SQLite then makes a
+        # new, empty one): it was deleted while another process had it open.
+        return (
+            f"{wal} (the database's write-ahead log) was deleted while another mixchat had"
+            " the database open; close the other mixchat processes, which still hold its"
+            " contents, then try again"
+        )
+    if name == "SQLITE_IOERR_SHORT_READ":
+        return f"{path} or its -wal file is shorter than SQLite expects (truncated?)"
+    if name in ("SQLITE_IOERR_NOMEM", "SQLITE_NOMEM"):
+        return f"out of memory while reading {path}"
+    if name.startswith("SQLITE_IOERR_LOCK") or name in ("SQLITE_IOERR_SHMLOCK", "SQLITE_NOLFS"):
+        return f"cannot lock {path}: its file system does not support SQLite's locks"
+    if name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT"):
+        return f"{path} is not a valid mixchat database ({text}); left untouched"
+    if name.startswith("SQLITE_READONLY"):
+        return f"cannot write {path}: the file or its directory is read-only"
+    if name == "SQLITE_FULL":
+        return f"cannot write {path}: the disk is full"
+    if name in ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE"):
+        return f"writing {path} failed ({name}): is the disk failing or full?"
+    if name == "SQLITE_IOERR_READ":
+        return f"reading {path} failed: is the disk failing?"
+    if name.startswith("SQLITE_IOERR"):
+        return f"input/output error on {path} ({name})"
+    if name.startswith("SQLITE_CANTOPEN"):
+        return f"cannot open {path}: is its directory there and writable?"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return f"{path} stayed locked by another mixchat for too long"
+    return None
+
+
+def _by_text(low: str, path: Path, text: str) -> str:
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return f"{path} is not a valid mixchat database ({text}); left untouched"
+    if "readonly" in low or "read-only" in low:
+        return f"cannot write {path}: the file or its directory is read-only"
+    if "full" in low:
+        return f"cannot write {path}: the disk is full"
+    if "disk i/o" in low:
+        return f"input/output error on {path} ({text})"
+    if "unable to open" in low:
+        return f"cannot open {path}: is its directory there and writable?"
+    if "locked" in low or "busy" in low:
+        return f"{path} stayed locked by another mixchat for too long"
+    return f"database error on {path}: {text}"
+
+
+def _empty_or_missing(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return True

@@ -10,9 +10,10 @@ Every file mixchat writes at such a path (``export -o``, ``config.toml``) goes t
   temporary file is then renamed over the target. A reader never sees half a file, and
   a failure leaves the old file as it was.
 - A symbolic link is followed to the file it names, as a shell's ``>`` does, except a
-  dangling one (refused: it would create a file wherever the link points) and one that
-  another user owns in a sticky world-writable directory such as /tmp (refused, as the
-  kernel's ``protected_symlinks`` does).
+  dangling one (refused: it would create a file wherever the link points). A link, file
+  or FIFO that another user owns in a sticky world-writable directory such as /tmp is
+  refused (it was planted there for us to write into; the kernel's ``protected_*``
+  rules, which may be off).
 - A FIFO, a terminal, ``/dev/null``, ``/dev/zero``, ``/dev/full`` and whatever our own
   stdout or stderr is (``-o /dev/stdout``) are written in place: they are never replaced.
 - A directory, a socket, a block device or any other device is refused.
@@ -85,15 +86,16 @@ def _same_as_std_stream(st: os.stat_result) -> int | None:
     return None
 
 
-def _in_hostile_directory(link: str, link_st: os.stat_result) -> bool:
-    """A link that another user owns in a sticky, world-writable directory (/tmp): the
-    kernel's protected_symlinks rule, checked here so it holds wherever it is off."""
+def _in_hostile_directory(path: str, st: os.stat_result) -> bool:
+    """A link, file or FIFO that another user owns in a sticky, world-writable directory
+    (/tmp): the kernel's protected_symlinks/regular/fifos rules, checked here so they
+    hold wherever they are off. Such a file was planted for us to write into."""
     try:
-        parent = os.stat(os.path.dirname(link) or ".")
+        parent = os.stat(os.path.dirname(path) or ".")
     except OSError:
         return False
     sticky_shared = parent.st_mode & stat.S_ISVTX and parent.st_mode & stat.S_IWOTH
-    return bool(sticky_shared) and link_st.st_uid not in (os.geteuid(), parent.st_uid)
+    return bool(sticky_shared) and st.st_uid not in (os.geteuid(), parent.st_uid)
 
 
 def _follow(name: str) -> tuple[str, os.stat_result | None]:
@@ -237,6 +239,8 @@ def write_file(path: str | os.PathLike[str], data: bytes, *, private: bool = Fal
                 raise _error(name, reason(exc)) from None
             return
     real, st = _follow(name)
+    if st is not None and _in_hostile_directory(real, st):
+        raise _error(name, "it belongs to another user and lies in a shared directory")
     if st is None or stat.S_ISREG(st.st_mode):
         _replace(name, real, data, st, private)
         return

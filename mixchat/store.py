@@ -191,11 +191,13 @@ _SCHEMA_2 = (
 def _migration_2(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA_2:
         conn.execute(statement)
-    # Imports by earlier versions kept times from the future (a year 5107 in `list`).
+    # Imports by earlier versions kept times from the future (a year 5107 in `list`) or
+    # before 1970.
     limit, now = time.time() + FUTURE_SKEW_S, time.time()
     for table in ("conversations", "messages"):
         for column in ("created_at", "updated_at"):  # fixed names
             conn.execute(f"UPDATE {table} SET {column} = ? WHERE {column} > ?", (now, limit))
+            conn.execute(f"UPDATE {table} SET {column} = 0 WHERE {column} < 0")
     conn.execute("UPDATE conversations SET used_at = updated_at WHERE used_at > ?", (limit,))
 
 
@@ -204,52 +206,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migrati
 
 
 def _error(exc: sqlite3.Error, path: Path) -> StoreError:
-    """Turn a sqlite3 error into a one-line StoreError naming the file and what happened,
-    read from SQLite's extended error code where it has one."""
-    text = " ".join(str(exc).split())
-    low = text.lower()
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    wal = path.with_name(path.name + "-wal")
-    if name == "SQLITE_IOERR_SHORT_READ" and _empty_or_missing(wal):
-        # The -shm index still lists frames of a log that is gone (SQLite then makes a
-        # new, empty one): it was deleted while another process had it open.
-        return StoreError(
-            f"{wal} (the database's write-ahead log) was deleted while another mixchat had"
-            " the database open; close the other mixchat processes, which still hold its"
-            " contents, then try again"
-        )
-    if name == "SQLITE_IOERR_SHORT_READ":
-        return StoreError(f"{path} or its -wal file is shorter than SQLite expects (truncated?)")
-    if name in ("SQLITE_IOERR_NOMEM", "SQLITE_NOMEM"):
-        return StoreError(f"out of memory while reading {path}")
-    if name.startswith("SQLITE_IOERR_LOCK") or name in ("SQLITE_IOERR_SHMLOCK", "SQLITE_NOLFS"):
-        return StoreError(f"cannot lock {path}: its file system does not support SQLite's locks")
-    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or name.startswith("SQLITE_CORRUPT"):
-        return StoreError(f"{path} is not a valid mixchat database ({text}); left untouched")
-    if "not a database" in low or "malformed" in low or "corrupt" in low:
-        return StoreError(f"{path} is not a valid mixchat database ({text}); left untouched")
-    if name.startswith("SQLITE_READONLY") or "readonly" in low or "read-only" in low:
-        return StoreError(f"cannot write {path}: the file or its directory is read-only")
-    if name == "SQLITE_FULL" or "full" in low:
-        return StoreError(f"cannot write {path}: the disk is full")
-    if name in ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE"):
-        return StoreError(f"writing {path} failed ({name}): is the disk failing or full?")
-    if name == "SQLITE_IOERR_READ":
-        return StoreError(f"reading {path} failed: is the disk failing?")
-    if name.startswith("SQLITE_IOERR") or "disk i/o" in low:
-        return StoreError(f"input/output error on {path} ({name or text})")
-    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in low:
-        return StoreError(f"cannot open {path}: is its directory there and writable?")
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in low or "busy" in low:
-        return StoreError(f"{path} stayed locked by another mixchat for too long")
-    return StoreError(f"database error on {path}: {text}")
-
-
-def _empty_or_missing(path: Path) -> bool:
-    try:
-        return path.stat().st_size == 0
-    except OSError:
-        return True
+    """Turn a sqlite3 error into a one-line StoreError naming the file and what happened."""
+    return StoreError(dbfile.sqlite_error_message(exc, path))
 
 
 def _guarded(method: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -675,7 +633,8 @@ class ConversationStore:
         """Store a whole conversation; keeps its id if valid and free, else a new one.
 
         Times later than this machine's clock (plus FUTURE_SKEW_S) become now, so an
-        import cannot claim the top of the list for years; the conversation is not
+        import cannot claim the top of the list for years (and times before 1970 become
+        1970: no year -1199 either); the conversation is not
         "used" here until it is opened or continued (see ``last_conversation_id``).
         """
         with self._write() as conn:
@@ -689,8 +648,8 @@ class ConversationStore:
                 title = make_title(first.content) if first else ""
             now = time.time()
 
-            def clamp(ts: float) -> float:  # a time from the future becomes now
-                return now if ts > now + FUTURE_SKEW_S else ts
+            def clamp(ts: float) -> float:  # from the future: now; before 1970: 1970
+                return now if ts > now + FUTURE_SKEW_S else max(ts, 0.0)
 
             stored = replace(
                 conv,

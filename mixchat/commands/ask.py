@@ -256,9 +256,10 @@ def _open_conversation(request: AskRequest, settings: Settings) -> tuple[Any, Co
     from mixchat.store import ConversationStore, NotFoundError
 
     wants_history = request.continue_last or request.conversation is not None
-    if not request.save and not wants_history:
+    writes = request.save and not request.show_prompt  # --show-prompt saves nothing either
+    if not writes and not wants_history:
         return None, None
-    store = ConversationStore.open(create=request.save)  # --no-save creates nothing
+    store = ConversationStore.open(create=writes)  # --no-save creates nothing
     try:
         conv: Conversation | None = None
         if request.conversation is not None:
@@ -267,14 +268,14 @@ def _open_conversation(request: AskRequest, settings: Settings) -> tuple[Any, Co
             last = store.last_conversation_id()
             if last is None:
                 raise NotFoundError(
-                    "no conversation used on this machine to continue"
+                    "no saved conversation to continue: none was used on this machine yet"
                     " (continue an imported one with --conversation ID)"
                 )
             conv = store.get_conversation(last)
     except BaseException:
         store.close()
         raise
-    if not request.save:
+    if not writes:
         store.close()
         return None, conv
     return store, conv

@@ -185,8 +185,8 @@ def import_conversation(file: Path) -> None:
     moved = sum(before != after for before, after in pairs)
     if moved:
         print(
-            f"mixchat: {neutralize(str(file))}: {moved} time{'s' if moved > 1 else ''} in the"
-            " future (ahead of this machine's clock) set to now",
+            f"mixchat: {neutralize(str(file))}: {moved} time{'s' if moved > 1 else ''} out of"
+            " range corrected (in the future: now; before 1970: 1970)",
             file=sys.stderr,
         )
     print(saved.id)

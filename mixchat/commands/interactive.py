@@ -38,7 +38,7 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             resume_id = store.last_conversation_id()
             if resume_id is None:
                 raise NotFoundError(
-                    "no conversation used on this machine to continue"
+                    "no saved conversation to continue: none was used on this machine yet"
                     " (continue an imported one with --resume ID)"
                 )
         from mixchat.tui.app import MixchatApp

@@ -270,3 +270,14 @@ def test_read_only_commands_on_an_empty_home_create_nothing(mixchat_home: Path) 
     source.write_text('[{"role": "user", "content": "x"}]')
     assert cli("import", str(source)).code == 0
     assert database(mixchat_home).exists()
+
+
+def test_asking_without_saving_creates_nothing(mixchat_home: Path, tiny_model: Path) -> None:
+    for args in (["--show-prompt", "hi"], ["--no-save", "--max-tokens", "2", "hi"]):
+        result = cli("ask", "--model", str(tiny_model), *args)
+        assert result.code == 0, result.err
+        assert not mixchat_home.exists(), args
+    # Continuing needs history: on an empty home that is one line, still creating nothing.
+    result = cli("ask", "--model", str(tiny_model), "--no-save", "-c", "hi")
+    assert_one_line_error(result, 2, "no saved conversation")
+    assert not mixchat_home.exists()

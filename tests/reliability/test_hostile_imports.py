@@ -118,12 +118,18 @@ def test_times_from_the_future_are_brought_to_now(tmp_path: Path) -> None:
     before = time.time()
     result = _import(tmp_path, data)
     assert result.code == 0, result.err
-    assert "3 times in the future" in result.err and "Traceback" not in result.err
+    assert "3 times out of range" in result.err and "Traceback" not in result.err
     shown = json.loads(cli("show", result.out.strip(), "--json").out)
     stamps = [shown["created_at"], shown["updated_at"], shown["messages"][0]["created_at"]]
     assert all(before <= t <= time.time() for t in stamps), stamps
     listed = cli("list").out
     assert "5138" not in listed and time.strftime("%Y") in listed
+    # Before 1970 (a year -1199): 1970.
+    past = _import(tmp_path, {**data, "created_at": -1e11, "updated_at": -5.0})
+    assert past.code == 0 and "3 times out of range" in past.err
+    shown = json.loads(cli("show", past.out.strip(), "--json").out)
+    assert (shown["created_at"], shown["updated_at"]) == (0, 0)
+    assert "-1199" not in cli("list").out
     # A time a little ahead (another machine's clock) is kept as it is.
     ahead = time.time() + 60
     kept = _import(tmp_path, {**data, "created_at": ahead, "updated_at": ahead})
@@ -140,7 +146,7 @@ def test_continue_means_the_conversation_last_used_here(
     stranger = {"updated_at": 1e11, "messages": [{**USER, "content": "stranger's words"}]}
     imported = _import(tmp_path, stranger).out.strip()
     # Only imported conversations: nothing was used here yet.
-    assert_one_line_error(continued(), 2, "no conversation used on this machine")
+    assert_one_line_error(continued(), 2, "none was used on this machine", "--conversation")
     with ConversationStore.open(database(mixchat_home)) as store:
         store.create_conversation(
             model="m", system_prompt=None, settings={}, first_message=Message(Role.USER, "mine")

@@ -124,6 +124,16 @@ def test_another_users_link_in_a_sticky_shared_directory_is_refused(tmp_path: Pa
     os.lchown(link, os.geteuid(), os.getegid())  # our own link there is followed
     write_file(link, b"mine")
     assert victim.read_bytes() == b"mine"
+    # A file or FIFO planted there by another user, for us to write into, is refused too.
+    planted = shared / "planted.md"
+    planted.write_text("theirs")
+    planted.chmod(0o666)
+    fifo = shared / "planted-fifo"
+    os.mkfifo(fifo)
+    for path in (planted, fifo):
+        os.chown(path, OTHER_UID, OTHER_UID)
+        refused(path, "another user", "shared directory")
+    assert planted.read_text() == "theirs"
 
 
 def test_a_fifo_is_written_in_place(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from mixchat.store import (
     ConversationStore,
     StoreError,
     _distinct_width,
+    _error,
 )
 
 S, E = MARK_START, MARK_END
@@ -216,3 +217,34 @@ def test_the_database_path_must_be_a_file_of_ours(tmp_path: Path) -> None:
     db.mkdir()
     with pytest.raises(StoreError, match="not a regular file"):
         ConversationStore.open(db)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("SQLITE_IOERR_SHORT_READ", "write-ahead log) was deleted"),
+        ("SQLITE_FULL", "disk is full"),
+        ("SQLITE_IOERR_WRITE", "writing"),
+        ("SQLITE_IOERR_READ", "reading"),
+        ("SQLITE_IOERR_LOCK", "does not support SQLite's locks"),
+        ("SQLITE_READONLY_DIRECTORY", "read-only"),
+        ("SQLITE_CORRUPT_VTAB", "not a valid mixchat database"),
+        ("SQLITE_BUSY_TIMEOUT", "locked"),
+        ("SQLITE_IOERR_NOMEM", "out of memory"),
+    ],
+)
+def test_sqlite_errors_are_told_by_their_extended_code(
+    tmp_path: Path, name: str, expected: str
+) -> None:
+    exc = sqlite3.OperationalError("disk I/O error")  # SQLite's text hides which one
+    exc.sqlite_errorname = name
+    message = str(_error(exc, tmp_path / "c.db"))
+    assert expected in message and str(tmp_path / "c.db") in message, message
+    assert "\n" not in message
+
+
+def test_a_truncated_log_that_is_still_there_is_not_called_deleted(tmp_path: Path) -> None:
+    (tmp_path / "c.db-wal").write_bytes(b"x" * 100)
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorname = "SQLITE_IOERR_SHORT_READ"
+    assert "shorter than SQLite expects" in str(_error(exc, tmp_path / "c.db"))
