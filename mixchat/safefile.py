@@ -46,7 +46,7 @@ _REASONS = {
     errno.ELOOP: "too many levels of symbolic links",
     errno.EISDIR: "it is a directory",
     errno.EPIPE: "the reader closed it",
-    errno.ENXIO: "no process is reading it",
+    errno.ENXIO: "no such device or address (no terminal here?)",
     errno.EIO: "input/output error (is the device failing?)",
 }
 
@@ -187,8 +187,10 @@ def _replace(name: str, path: str, data: bytes, st: os.stat_result | None, priva
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{base[:32]}.", suffix=".tmp", dir=directory)
     except OSError as exc:
-        if exc.errno == errno.ENOENT:
+        if exc.errno == errno.ENOENT and not os.path.isdir(directory):
             raise _error(name, f"the directory {directory} does not exist") from None
+        if exc.errno == errno.ENOENT:  # e.g. /proc: there, but no file can be made in it
+            raise _error(name, f"no file can be created in {directory}") from None
         raise _error(name, reason(exc)) from None
     try:
         try:

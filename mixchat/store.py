@@ -58,7 +58,10 @@ SEARCH_WINDOW = 1000  # search ranks at most this many of the newest matches
 # FTS5's highlight() costs hits x length (see searchrank): longer messages are marked in
 # an excerpt instead. Chat messages are almost all shorter than this.
 HIGHLIGHT_MAX_CHARS = 16_000
-MAX_QUERY_CHARS = 1000  # a longer search is refused: no one types it, and it costs seconds
+# Longer searches are refused: no one types them, and each word (above all a word
+# retried as a prefix) is one more index lookup: 333 two-letter words took seconds.
+MAX_QUERY_CHARS = 1000
+MAX_QUERY_WORDS = 32
 # Start/end markers around matched words in SearchHit.snippet (STX/ETX).
 MARK_START = "\x02"
 MARK_END = "\x03"
@@ -788,6 +791,13 @@ class ConversationStore:
             return []
         if typing:
             words[-1] = (words[-1][0], True)
+        # A word said twice filters nothing more (every word must match anyway).
+        words = list({(w.casefold(), starred): (w, starred) for w, starred in words}.values())
+        if len(words) > MAX_QUERY_WORDS:
+            raise StoreError(
+                f"the search has {len(words)} different words; mixchat searches at most"
+                f" {MAX_QUERY_WORDS}"
+            )
         hits = self._ranked_matches(words, prefix=False, limit=limit)
         if not hits and _fts_query(words, prefix=True) != _fts_query(words):
             hits = self._ranked_matches(words, prefix=True, limit=limit)

@@ -36,6 +36,11 @@ def _out(text: str) -> None:
     sys.stdout.write((neutralize(text) if sys.stdout.isatty() else scrub_surrogates(text)) + "\n")
 
 
+def _path_text(path: str) -> str:
+    """A path for a line on stderr: controls visible, and on one line."""
+    return neutralize(path).replace("\n", "\\n")
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
@@ -137,7 +142,7 @@ def export_conversation(conversation_id: str, fmt: str, output: str | None) -> N
     from mixchat.safefile import write_text
 
     write_text(output, text, private=True)
-    print(f"exported {conv.id[:SHORT_ID]} to {neutralize(output)}", file=sys.stderr)
+    print(f"exported {conv.id[:SHORT_ID]} to {_path_text(output)}", file=sys.stderr)
 
 
 def _read_bounded(file: Path, limit: int) -> bytes:
@@ -185,7 +190,7 @@ def import_conversation(file: Path) -> None:
     moved = sum(before != after for before, after in pairs)
     if moved:
         print(
-            f"mixchat: {neutralize(str(file))}: {moved} time{'s' if moved > 1 else ''} out of"
+            f"mixchat: {_path_text(str(file))}: {moved} time{'s' if moved > 1 else ''} out of"
             " range corrected (in the future: now; before 1970: 1970)",
             file=sys.stderr,
         )

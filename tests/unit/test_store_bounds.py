@@ -20,6 +20,7 @@ from mixchat.store import (
     MARK_END,
     MARK_START,
     MAX_QUERY_CHARS,
+    MAX_QUERY_WORDS,
     MIGRATIONS,
     AmbiguousIdError,
     ConversationStore,
@@ -89,11 +90,17 @@ def test_sizes_follow_edits_and_deletes(store: ConversationStore) -> None:
 
 
 def test_long_queries_are_refused_in_one_line(store: ConversationStore) -> None:
-    conv_with(store, "word " * 10)
-    assert store.search(" ".join(["word"] * (MAX_QUERY_CHARS // 5)))
+    _, (msg,) = conv_with(store, "word " * 10 + " ".join(f"w{i}" for i in range(40)))
+    # A word said many times (in any case) is searched once.
+    repeated = " ".join(["word", "WORD", "Word"] * (MAX_QUERY_CHARS // 15))
+    assert [h.message_id for h in store.search(repeated)] == [msg.id]
     with pytest.raises(StoreError, match=f"at most {MAX_QUERY_CHARS:,}") as err:
         store.search("w" * 100_000)
     assert "100,000 characters" in str(err.value) and "\n" not in str(err.value)
+    many = [f"w{i}" for i in range(40)]
+    assert store.search(" ".join(many[:MAX_QUERY_WORDS]))
+    with pytest.raises(StoreError, match=f"40 different words; .* at most {MAX_QUERY_WORDS}"):
+        store.search(" ".join(many))
 
 
 # -- `-c`: the conversation last used here --------------------------------------------------
