@@ -7,7 +7,9 @@ runs, each case in its own process with a deadline; a case past it reports ``nul
 - ``ordinary``: 2,000 short messages that all hold the word (the baseline);
 - ``one_word_160k``: one message holding one word 160,000 times, among the ordinary ones;
 - ``message_50mb``: one 50 MB message of prose holding the word, among the ordinary ones;
-- ``query_100kb``: a 100 KB query (distinct words) over the ordinary messages.
+- ``query_100kb``: a 100 KB query (distinct words) over the ordinary messages;
+- ``many_hits_1000x15kb``: 1,000 messages of 15 KB, each the word 2,140 times (the
+  whole window of ranked matches made of hits).
 
 Usage: python benchmarks/search_bounds.py [--repeat 3] [--deadline 120]
 """
@@ -39,6 +41,9 @@ def _build(db: Path, case: str) -> str:
             store.append_message(conv.id, Message(Role.ASSISTANT, "kettle " * 160_000))
         elif case == "message_50mb":
             store.append_message(conv.id, Message(Role.ASSISTANT, PROSE * (50_000_000 // 67)))
+        elif case == "many_hits_1000x15kb":
+            for _ in range(1000):
+                store.append_message(conv.id, Message(Role.ASSISTANT, "kettle " * 2_140))
     if case == "query_100kb":
         return " ".join(f"w{i}x" for i in range(100_000 // 8))
     return "kettle"
@@ -83,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=120.0)
-    parser.add_argument("--cases", default="ordinary,one_word_160k,message_50mb,query_100kb")
+    parser.add_argument(
+        "--cases", default="ordinary,one_word_160k,message_50mb,query_100kb,many_hits_1000x15kb"
+    )
     args = parser.parse_args()
     figures = {case: measure(case, args.repeat, args.deadline) for case in args.cases.split(",")}
     print(json.dumps(figures, indent=2))

@@ -15,10 +15,11 @@ letters and digits, case-folded, accents removed.
 The work per message is bounded, whatever the message holds: FTS5's ``highlight()`` costs
 the number of hits times the message's length (it rebuilds its output for every hit: one
 word 160,000 times took 21 s), so the store calls it only for messages up to
-``HIGHLIGHT_MAX_CHARS`` and marks an excerpt of longer ones here (``mark_excerpt``).
-Reading a match counts hits in C (``findall``); only the first ``MAX_RANGES`` hits are
-placed for the snippet, which looks at no more than ``SNIPPET_SCAN_CHARS`` of text and
-shows at most ``SNIPPET_MAX_CHARS``.
+``HIGHLIGHT_MAX_CHARS`` and marks an excerpt of longer ones here (``mark_excerpt``: a few
+KB around the first hit, marked by one regex split in C for ASCII text). Reading a match
+counts its hits in C (``findall``); only the matches shown are placed for a snippet, at
+most ``MAX_RANGES`` hits each, sought in at most ``SNIPPET_SCAN_CHARS`` of text and at
+most ``SNIPPET_MAX_CHARS`` long.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ ELLIPSIS = "…"
 _TOKEN = re.compile(r"[^\W_]+")
 _NON_WORD = re.compile(r"[\W_]")
 # A token of raw text: combining accents (dropped by the tokenizer) do not split it.
+_TOKEN_CHAR = re.compile(r"[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff]")
+_TRAILING_TOKEN = re.compile(
+    r"(?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff])*\Z"
+)
 _RAW_TOKEN = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff])*")
 
 
@@ -107,9 +112,11 @@ class MatchReader:
         length: int | None = None,
         cut_before: bool = False,
         cut_after: bool = False,
+        place: bool = True,
     ) -> Match:
         """The plain text, its marked ranges and what they are. ``length`` (in words)
-        defaults to the text's own; an excerpt passes the whole message's."""
+        defaults to the text's own; an excerpt passes the whole message's. Without
+        ``place``, a text with many hits is only counted (for ranking; no snippet)."""
         if highlighted.count(self.start) <= MAX_RANGES:  # the usual case: one pass
             return self._read_few(highlighted, length, cut_before, cut_after)
         counts = [0] * len(self.words)
@@ -117,6 +124,11 @@ class MatchReader:
             which = self.owner(text)
             if which >= 0:
                 counts[which] += n
+        # Length in words: BM25 only compares it with the average, so whitespace is enough
+        # (the marks add none).
+        words = len(highlighted.split()) if length is None else length
+        if not place:
+            return Match("", [], [], counts, words, cut_before, cut_after)
         ranges, owners = [], []
         marks = len(self.start) + len(self.end)
         for index, found in enumerate(
@@ -125,9 +137,7 @@ class MatchReader:
             at = found.start() - index * marks  # in the plain text
             ranges.append((at, at + len(found.group(1))))
             owners.append(self.owner(found.group(1)))
-        plain = self._marked.sub(lambda m: m.group(1), highlighted) if ranges else highlighted
-        # Length in words: BM25 only compares it with the average, so whitespace is enough.
-        words = len(plain.split()) if length is None else length
+        plain = "".join(self._marked.split(highlighted))  # marked text kept, marks gone
         return Match(plain, ranges, owners, counts, words, cut_before, cut_after)
 
     def _read_few(
@@ -264,21 +274,83 @@ def _starts_instance(token: str, words: list[QueryWord]) -> bool:
     )
 
 
-def _first_hit(text: str, words: list[QueryWord]) -> int:
-    """Where the first token that may begin an instance of a query word starts (0 if
-    none is among the first 64 candidates): candidates come from a case-insensitive
-    search (in C) for each word's first token, then are checked as the tokenizer sees
-    them."""
+def _candidates(words: list[QueryWord]) -> re.Pattern[str] | None:
+    """A case-insensitive search for each word's first token: where an instance may start."""
     firsts = sorted({w.tokens[0] for w in words if w.tokens}, key=len, reverse=True)
     if not firsts:
-        return 0
-    pattern = re.compile("|".join(re.escape(t) for t in firsts), re.IGNORECASE)
+        return None
+    return re.compile("|".join(re.escape(t) for t in firsts), re.IGNORECASE)
+
+
+def _at_token_start(text: str, at: int) -> bool:
+    return at == 0 or _TOKEN_CHAR.match(text, at - 1) is None
+
+
+def first_hit(text: str, words: list[QueryWord]) -> int | None:
+    """Where the first token of ``text`` that begins an instance of a query word starts;
+    None if none is among the first 64 candidates. Candidates come from a search in C; a
+    word written with accents the query lacks is not found this way (the caller then
+    shows the text's beginning)."""
+    pattern = _candidates(words)
+    if pattern is None:
+        return None
     for found in itertools.islice(pattern.finditer(text), 64):
-        around = _RAW_TOKEN.finditer(text, max(0, found.start() - 64), found.end() + 256)
-        token = next((t for t in around if t.start() <= found.start() < t.end()), None)
+        at = found.start()
+        if not _at_token_start(text, at):
+            continue  # inside a longer token
+        token = _RAW_TOKEN.match(text, at)
         if token is not None and _starts_instance(token.group(), words):
-            return token.start()
-    return 0
+            return at
+    return None
+
+
+def _mark_in_c(excerpt: str, words: list[QueryWord], start: str, end: str) -> str | None:
+    """``excerpt`` marked by one regex substitution (in C, whatever the number of hits),
+    where that is exact: ASCII text and one-token words. None otherwise."""
+    if not excerpt.isascii() or not all(len(w.tokens) == 1 for w in words):
+        return None
+    alternatives = [
+        re.escape(w.tokens[0]) + (r"[a-z0-9]*" if w.prefix else "")
+        for w in sorted(words, key=lambda w: len(w.tokens[0]), reverse=True)
+    ]
+    pattern = re.compile(
+        rf"(?<![a-z0-9])((?:{'|'.join(alternatives)}))(?![a-z0-9])", re.IGNORECASE | re.ASCII
+    )
+    parts = pattern.split(excerpt)  # text, hit, text, ...: split in C (sub's template is not)
+    parts[1::2] = [start + hit + end for hit in parts[1::2]]
+    return "".join(parts)
+
+
+def _instances(excerpt: str, words: list[QueryWord]) -> list[tuple[int, int]]:
+    """The spans of ``excerpt`` that are instances of the query words, in order (at most
+    MAX_RANGES * 4 in ASCII text: each costs Python time)."""
+    spans: list[tuple[int, int]] = []
+    longest = max((len(w.tokens) for w in words), default=0)
+    pattern = _candidates(words)
+    if excerpt.isascii() and pattern is not None:
+        # Plain ASCII (most text): only where a word's first token occurs (found in C)
+        # is looked at; an ASCII token's normal form is itself in lower case.
+        for found in pattern.finditer(excerpt):
+            at = found.start()
+            if (spans and at < spans[-1][1]) or not _at_token_start(excerpt, at):
+                continue
+            tokens = list(itertools.islice(_RAW_TOKEN.finditer(excerpt, at), longest))
+            lowered = [t.group().lower() for t in tokens]
+            width = next((len(w.tokens) for w in words if w.matches(lowered[: len(w.tokens)])), 0)
+            if width:
+                spans.append((tokens[0].start(), tokens[width - 1].end()))
+                if len(spans) >= 4 * MAX_RANGES:
+                    break
+        return spans
+    tokens = list(_RAW_TOKEN.finditer(excerpt))
+    norms = ["".join(normalize(t.group())) for t in tokens]
+    i = 0
+    while i < len(tokens):
+        width = next((len(w.tokens) for w in words if w.matches(norms[i : i + len(w.tokens)])), 0)
+        if width:
+            spans.append((tokens[i].start(), tokens[i + width - 1].end()))
+        i += width or 1
+    return spans
 
 
 def mark_excerpt(
@@ -286,31 +358,27 @@ def mark_excerpt(
 ) -> tuple[str, int, int]:
     """Mark the query words in an excerpt of a long ``text`` as ``highlight()`` would:
     EXCERPT_BEFORE + EXCERPT_AFTER characters around its first hit within the first
-    EXCERPT_SCAN_CHARS. ``whole``: ``text`` is the whole message, not its beginning.
-    Returns the marked excerpt and where it starts and ends in ``text``. The cost is
-    bounded by those constants, not by the text."""
-    scan = text[:EXCERPT_SCAN_CHARS]
-    hit = _first_hit(scan, words)
+    EXCERPT_SCAN_CHARS (its beginning if none is found). ``whole``: ``text`` is the
+    whole message, not its beginning. Returns the marked excerpt and where it starts and
+    ends in ``text``. The cost is bounded by those constants, not by the text."""
+    hit = first_hit(text[:EXCERPT_SCAN_CHARS], words) or 0
     lo = max(0, hit - EXCERPT_BEFORE)
     if lo > 0:  # begin at a token boundary
         boundary = _NON_WORD.search(text, lo, hit)
         lo = boundary.start() + 1 if boundary else hit
     hi = min(len(text), hit + EXCERPT_AFTER)
+    cut = _TOKEN_CHAR.match(text, hi) if hi < len(text) else not whole
+    if cut and hi > lo and _TOKEN_CHAR.match(text, hi - 1):
+        # The last token goes on beyond the excerpt (or may): end before it.
+        tail = _TRAILING_TOKEN.search(text, max(lo, hi - 256), hi)
+        hi = tail.start() if tail else hi
     excerpt = text[lo:hi]
-    tokens = list(_RAW_TOKEN.finditer(excerpt))
-    if (hi < len(text) or not whole) and tokens and tokens[-1].end() == len(excerpt):
-        tokens.pop()  # may be cut in the middle
-        excerpt = excerpt[: tokens[-1].end()] if tokens else ""
-        hi = lo + len(excerpt)
-    norms = ["".join(normalize(t.group())) for t in tokens]
-    pieces, cursor, i = [], 0, 0
-    while i < len(tokens):
-        width = next((len(w.tokens) for w in words if w.matches(norms[i : i + len(w.tokens)])), 0)
-        if not width:
-            i += 1
-            continue
-        a, b = tokens[i].start(), tokens[i + width - 1].end()
+    marked = _mark_in_c(excerpt, words, start, end)
+    if marked is not None:
+        return marked, lo, hi
+    pieces, cursor = [], 0
+    for a, b in _instances(excerpt, words):
         pieces += [excerpt[cursor:a], start, excerpt[a:b], end]
-        cursor, i = b, i + width
+        cursor = b
     pieces.append(excerpt[cursor:])
     return "".join(pieces), lo, hi

@@ -47,6 +47,7 @@ from mixchat.searchrank import (
     MatchReader,
     QueryWord,
     bm25_scores,
+    first_hit,
     mark_excerpt,
     normalize,
     snippet,
@@ -55,9 +56,9 @@ from mixchat.textsafe import scrub_surrogates
 
 BUSY_TIMEOUT_S = 30.0
 SEARCH_WINDOW = 1000  # search ranks at most this many of the newest matches
-# FTS5's highlight() costs hits x length (see searchrank): longer messages are marked in
-# an excerpt instead. Chat messages are almost all shorter than this.
-HIGHLIGHT_MAX_CHARS = 16_000
+# FTS5's highlight() costs hits x length (see searchrank): up to ~0.3 ms for a message
+# this long made only of hits. Longer ones are marked in an excerpt (searchrank).
+HIGHLIGHT_MAX_CHARS = 4_000
 # Longer searches are refused: no one types them, and each word (above all a word
 # retried as a prefix) is one more index lookup: 333 two-letter words took seconds.
 MAX_QUERY_CHARS = 1000
@@ -299,14 +300,24 @@ def _one_line(text: str, width: int = 40) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _beginning(conn: sqlite3.Connection, message_id: int) -> tuple[str, bool]:
-    """The first EXCERPT_SCAN_CHARS or so of a message, read without loading the rest
-    (SQLite's incremental blob I/O), and whether that is the whole message."""
+EXCERPT_FIRST_BYTES = 65_536  # read first; the rest of the scan only if no hit is in it
+
+
+def _beginning(
+    conn: sqlite3.Connection, message_id: int, words: list[QueryWord]
+) -> tuple[str, bool]:
+    """The beginning of a message, read without loading the rest (SQLite's incremental
+    blob I/O): EXCERPT_FIRST_BYTES, or up to EXCERPT_SCAN_CHARS bytes when no query word
+    is in those. Also whether that is the whole message."""
     with conn.blobopen("messages", "content", message_id, readonly=True) as blob:
         size = len(blob)
-        data = blob.read(EXCERPT_SCAN_CHARS)
-    # A character cut at the end is dropped; the stored text is valid UTF-8 otherwise.
-    return data.decode("utf-8", errors="ignore"), len(data) == size
+        data = blob.read(EXCERPT_FIRST_BYTES)
+        # A character cut at the end is dropped; the stored text is valid UTF-8 otherwise.
+        text = data.decode("utf-8", errors="ignore")
+        if len(data) < size and first_hit(text, words) is None:
+            data += blob.read(EXCERPT_SCAN_CHARS - len(data))
+            text = data.decode("utf-8", errors="ignore")
+    return text, len(data) == size
 
 
 def _message(row: sqlite3.Row) -> Message:
@@ -821,26 +832,27 @@ class ConversationStore:
                 " JOIN conversations c ON c.id = m.conversation_id",
                 (HIGHLIGHT_MAX_CHARS, MARK_START, MARK_END, _fts_query(words, prefix), window),
             ).fetchall()
-            beginnings = {r[2]: _beginning(conn, r[2]) for r in rows if r[4] is None}
-        query = [
-            QueryWord(tuple(normalize(word)), _as_prefix(word, starred, prefix))
-            for word, starred in words
-        ]
+            query = [
+                QueryWord(tuple(normalize(word)), _as_prefix(word, starred, prefix))
+                for word, starred in words
+            ]
+            beginnings = {r[2]: _beginning(conn, r[2], query) for r in rows if r[4] is None}
         reader = MatchReader(query, MARK_START, MARK_END)
-        matches = []
+        marked: list[tuple[str, dict[str, Any]]] = []  # highlighted text, how to read it
         for row in rows:
             if row[4] is not None:
-                matches.append(reader.read(row[4]))
+                marked.append((row[4], {}))
                 continue
             text, whole = beginnings[row[2]]
-            marked, lo, hi = mark_excerpt(text, query, MARK_START, MARK_END, whole=whole)
+            excerpt, lo, hi = mark_excerpt(text, query, MARK_START, MARK_END, whole=whole)
             chars = max(row[5] or 0, len(text))
             # BM25's length: the excerpt's words per character, over the whole message.
-            length = len(marked.split()) * chars // max(1, len(marked))
-            matches.append(
-                reader.read(marked, length=length, cut_before=lo > 0, cut_after=hi < chars)
+            length = len(excerpt.split()) * chars // max(1, len(excerpt))
+            marked.append(
+                (excerpt, {"length": length, "cut_before": lo > 0, "cut_after": hi < chars})
             )
-        scores = bm25_scores(matches)
+        # Every match is counted for ranking; only the ones shown are placed for a snippet.
+        scores = bm25_scores([reader.read(text, place=False, **how) for text, how in marked])
         best = sorted(range(len(rows)), key=lambda i: (-scores[i], -rows[i][2]))[:limit]
         return [
             SearchHit(
@@ -848,7 +860,9 @@ class ConversationStore:
                 rows[i][1],
                 rows[i][2],
                 Role(rows[i][3]),
-                " ".join(snippet(matches[i], MARK_START, MARK_END).split()),
+                " ".join(
+                    snippet(reader.read(marked[i][0], **marked[i][1]), MARK_START, MARK_END).split()
+                ),
             )
             for i in best
         ]

@@ -175,3 +175,21 @@ def test_snippets_stay_short_whatever_the_words() -> None:
     # An excerpt says there is more on each side even where its own text ends.
     excerpt = Match("a kettle b", [(2, 8)], [0], [1], 3, cut_before=True, cut_after=True)
     assert snippet(excerpt, "[", "]") == f"{ELLIPSIS}a [kettle] b{ELLIPSIS}"
+
+
+def test_excerpt_phrases_and_many_hits_match_fts5() -> None:
+    texts = [
+        "run kubectl-apply then kubectl apply, not kubectl-get; KUBECTL  APPLY!",
+        "café kubectl-apply naïve kubectl apply",
+    ]
+    for text in texts:
+        expected = fts5_highlight(text, '"kubectl apply"')
+        marked, _, _ = mark_excerpt(text, [word("kubectl-apply")], S, E)
+        assert marked == expected
+    many = "tea " * 2000
+    marked, lo, hi = mark_excerpt(many, [word("tea")], S, E)
+    assert (lo, marked.count(S)) == (0, len(many[lo:hi].split()))
+    reader = MatchReader([word("tea")], S, E)
+    counted, placed = reader.read(marked, place=False), reader.read(marked)
+    assert counted.counts == placed.counts and counted.length == placed.length
+    assert counted.ranges == [] and len(placed.ranges) == MAX_RANGES
