@@ -148,7 +148,12 @@ def _by_code(name: str, path: Path, text: str) -> str | None:
     if name == "SQLITE_FULL":
         return f"cannot write {path}: the disk is full"
     if name in ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE"):
-        return f"writing {path} failed ({name}): is the disk failing or full?"
+        # SQLite does not say which: ENOSPC, EFBIG (a file size limit), EDQUOT and EIO all
+        # arrive as this code.
+        return (
+            f"writing {path} failed ({name}): the disk is full, a file size limit or quota"
+            " was reached, or the disk is failing"
+        )
     if name == "SQLITE_IOERR_READ":
         return f"reading {path} failed: is the disk failing?"
     if name.startswith("SQLITE_IOERR"):

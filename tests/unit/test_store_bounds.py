@@ -231,7 +231,7 @@ def test_the_database_path_must_be_a_file_of_ours(tmp_path: Path) -> None:
     [
         ("SQLITE_IOERR_SHORT_READ", "write-ahead log) was deleted"),
         ("SQLITE_FULL", "disk is full"),
-        ("SQLITE_IOERR_WRITE", "writing"),
+        ("SQLITE_IOERR_WRITE", "the disk is full, a file size limit or quota"),
         ("SQLITE_IOERR_READ", "reading"),
         ("SQLITE_IOERR_LOCK", "does not support SQLite's locks"),
         ("SQLITE_READONLY_DIRECTORY", "read-only"),
