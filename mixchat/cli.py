@@ -176,12 +176,14 @@ def search(
 def export(
     conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="md | json.")] = "md",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File to write ('-o -': stdout).")
+    ] = None,
 ) -> None:
     """Export a conversation as Markdown or JSON (OpenAI-style messages + metadata)."""
     from mixchat.commands.history import export_conversation
 
-    export_conversation(conversation_id, fmt=fmt, output=output)
+    export_conversation(conversation_id, fmt=fmt, output=None if output == "-" else output)
 
 
 @app.command("import")

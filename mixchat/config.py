@@ -43,7 +43,7 @@ class Scope(enum.StrEnum):
 
     LOAD = "load"  # how the model is loaded or reached; fixed for a process
     CONVERSATION = "conversation"  # sampling and system prompt; kept with each conversation
-    APP = "app"  # the interactive app itself
+    APP = "app"  # the program itself: the interactive app, the history commands
 
 
 @dataclass(frozen=True)
@@ -402,6 +402,12 @@ class Settings:
         flag="--seed", help="Seed for reproducible sampling.", metavar="INTEGER",
     )  # fmt: skip
     theme: str = _option("mixchat-dark", "theme of the interactive app", _text, A)
+    # Limits on what `mixchat import` reads (a file, or endless stdin such as /dev/zero).
+    import_max_bytes: int = _option(
+        64 * 1024 * 1024,
+        "largest file (or stdin) `mixchat import` reads, in bytes (default 64 MiB)",
+        _integer(1), A, metavar="INTEGER",
+    )  # fmt: skip
     endpoint: str = _option(
         "", "URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp); empty runs locally",
         _endpoint, L, flag="--endpoint",
@@ -601,15 +607,25 @@ def load_settings(
 def save_setting(key: str, value: str, path: Path | None = None) -> None:
     """Set one top-level string setting in ``config.toml``, keeping the rest of the file.
 
-    The file is rewritten atomically; an unreadable or invalid file is left alone
-    (``ConfigError``).
+    The file is replaced atomically through ``safefile`` (a link to it is followed, its
+    mode kept); an unreadable, invalid or non-regular file is left alone (``ConfigError``).
     """
     import json
     import re
+    import stat
+
+    from mixchat.safefile import WriteError, reason, write_text
 
     if key not in FIELDS:
         raise ConfigError(f"unknown setting {key!r}")
     target = path or paths.config_file()
+    try:
+        if not stat.S_ISREG(target.stat().st_mode):
+            raise ConfigError(f"{target}: not a regular file; left alone")
+    except FileNotFoundError:
+        pass  # a new file (or a dangling link, which write_text refuses)
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot read: {reason(exc)}") from None
     read_toml(target)  # refuse to edit a file we cannot parse
     try:
         text = target.read_text(encoding="utf-8")
@@ -621,7 +637,11 @@ def save_setting(key: str, value: str, path: Path | None = None) -> None:
     head = text[: table.start()] if table else text
     head = pattern.sub(lambda _: line, head, count=1) if pattern.search(head) else f"{line}\n{head}"
     new_text = head + (text[table.start() :] if table else "")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {target.parent}: {reason(exc)}") from None
+    try:
+        write_text(target, new_text)
+    except WriteError as exc:
+        raise ConfigError(str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -14,6 +15,9 @@ FORMAT_VERSION = 1
 # take (NaN, 1e300, 2**70) would make every later `show` of the conversation fail.
 MAX_TIMESTAMP = 1e11  # seconds; about the year 5138
 MAX_COUNT = 2**63 - 1
+# Arrays and objects nested deeper than this are refused: an export nests 4 levels (plus
+# whatever a setting holds), and Python's own parser gives up near 1,000.
+MAX_DEPTH = 100
 
 
 class TranscriptError(ValueError):
@@ -29,6 +33,7 @@ def message_meta(msg: Message) -> dict[str, Any]:
         "completion_tokens": msg.completion_tokens,
         "ttft_s": msg.ttft_s,
         "duration_s": msg.duration_s,
+        "finish_reason": msg.finish_reason,
     }
 
 
@@ -71,6 +76,31 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
     return value
 
 
+def parse_json(raw: bytes) -> Any:
+    """The JSON value in ``raw`` (UTF-8), at most MAX_DEPTH levels deep."""
+    try:
+        data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+    except RecursionError:
+        raise TranscriptError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TranscriptError(f"not valid JSON: {exc}") from None
+    check_depth(data)
+    return data
+
+
+def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse arrays and objects nested more than ``limit`` levels (no recursion here)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > limit:
+            raise TranscriptError(f"nested more than {limit} levels deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _in_range(value: float) -> bool:
     """Finite and at most MAX_TIMESTAMP in size (an int too big for a float is not)."""
     try:
@@ -101,8 +131,45 @@ def _settings(data: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _system_prompt(raw_messages: list[Any], declared: str | None) -> str | None:
+    """The one system prompt of a conversation. Its system messages must be a single one
+    at the start that agrees with a declared ``system_prompt``: mixchat keeps one system
+    prompt per conversation, so any other would be lost, and the import is refused."""
+    system_prompt = declared
+    for index, item in enumerate(raw_messages):
+        if not isinstance(item, dict) or item.get("role") != "system":
+            continue
+        content = item.get("content")
+        if not isinstance(content, str):
+            raise TranscriptError(f"message {index}: 'content' must be a string")
+        lost = f"message {index} is a system message ({_excerpt(content)})"
+        if index > 0:
+            raise TranscriptError(
+                f"{lost} after the conversation started; mixchat keeps one system prompt, at"
+                " the start, so it would be lost"
+            )
+        if system_prompt is not None and content != system_prompt:
+            raise TranscriptError(
+                f"{lost} that differs from the 'system_prompt' field; mixchat keeps one"
+                " system prompt, so one of them would be lost"
+            )
+        system_prompt = content
+    return system_prompt
+
+
+def _excerpt(text: str, width: int = 40) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= width else flat[: width - 1] + "…")
+
+
 def from_json(data: Any) -> Conversation:
-    """Read a conversation exported by ``to_json`` or a plain OpenAI ``messages`` list."""
+    """Read a conversation exported by ``to_json`` or a plain OpenAI ``messages`` list.
+
+    Loss-free for what ``to_json`` writes; anything mixchat could not keep (a second
+    system message, say) is refused rather than dropped. Times are kept as they are:
+    the store brings those from the future back to its clock.
+    """
+    now = time.time()
     if isinstance(data, list):
         data = {"messages": data}
     if not isinstance(data, dict):
@@ -110,8 +177,7 @@ def from_json(data: Any) -> Conversation:
     raw_messages = data.get("messages")
     if not isinstance(raw_messages, list):
         raise TranscriptError("expected a 'messages' list")
-    now = time.time()
-    system_prompt = _field(data, "system_prompt", str, None)
+    system_prompt = _system_prompt(raw_messages, _field(data, "system_prompt", str, None))
     messages: list[Message] = []
     for index, item in enumerate(raw_messages):
         if not isinstance(item, dict):
@@ -121,9 +187,7 @@ def from_json(data: Any) -> Conversation:
         if not isinstance(content, str):
             raise TranscriptError(f"message {index}: 'content' must be a string")
         if role == "system":
-            if system_prompt is None:
-                system_prompt = content
-            continue
+            continue  # checked by _system_prompt
         if role not in ("user", "assistant"):
             raise TranscriptError(f"message {index}: unknown role {role!r}")
         meta = item.get("mixchat") or {}
@@ -136,6 +200,11 @@ def from_json(data: Any) -> Conversation:
                 f"message {index}: unknown status {meta.get('status')!r}"
             ) from None
         created = _opt_float(meta, "created_at", index)
+        finish_reason = meta.get("finish_reason")
+        if finish_reason not in (None, "stop", "length"):
+            raise TranscriptError(
+                f"message {index}: unknown finish_reason {finish_reason!r} (stop or length)"
+            )
         messages.append(
             Message(
                 role=Role(role),
@@ -146,6 +215,7 @@ def from_json(data: Any) -> Conversation:
                 ttft_s=_opt_float(meta, "ttft_s", index),
                 duration_s=_opt_float(meta, "duration_s", index),
                 created_at=now if created is None else created,
+                finish_reason=finish_reason,
             )
         )
     if not messages:
@@ -190,31 +260,51 @@ def _stamp(ts: float) -> str:
 _STATUS_NOTE = {Status.INTERRUPTED: " (interrupted)", Status.ERROR: " (error)"}
 
 
+def _note(msg: Message) -> str:
+    if msg.finish_reason == "length" and msg.status is Status.COMPLETE:
+        return " (cut at the token limit)"
+    return _STATUS_NOTE.get(msg.status, "")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: every run of whitespace (newlines, tabs, line and paragraph
+    separators) becomes one space. For titles and model names in headings and headers."""
+    return " ".join(text.split())
+
+
+def _code_span(text: str) -> str:
+    """``text`` as a Markdown code span, fenced by more backticks than it holds in a row."""
+    runs = [len(r) for r in "".join(ch if ch == "`" else " " for ch in text).split()]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def to_markdown(conv: Conversation) -> str:
     """A readable Markdown document of the conversation."""
-    lines = [f"# {conv.title or '(untitled)'}", ""]
+    lines = [f"# {one_line(conv.title) or '(untitled)'}", ""]
     lines.append(f"- id: `{conv.id}`")
     if conv.model:
-        lines.append(f"- model: `{conv.model}`")
+        lines.append(f"- model: {_code_span(one_line(conv.model))}")
     lines.append(f"- created: {_stamp(conv.created_at)}")
     lines.append("")
     if conv.system_prompt:
         lines += ["## System", "", conv.system_prompt, ""]
     for msg in conv.messages:
         heading = "User" if msg.role is Role.USER else "Assistant"
-        lines += [f"## {heading}{_STATUS_NOTE.get(msg.status, '')}", "", msg.content, ""]
+        lines += [f"## {heading}{_note(msg)}", "", msg.content, ""]
     return "\n".join(lines)
 
 
 def to_text(conv: Conversation) -> str:
     """A plain transcript for ``mixchat show``."""
     out = [
-        conv.title or "(untitled)",
-        f"id {conv.id}  model {conv.model or '?'}  created {_stamp(conv.created_at)}",
+        one_line(conv.title) or "(untitled)",
+        f"id {conv.id}  model {one_line(conv.model) or '?'}  created {_stamp(conv.created_at)}",
         "",
     ]
     if conv.system_prompt:
         out += ["--- system ---", conv.system_prompt, ""]
     for msg in conv.messages:
-        out += [f"--- {msg.role.value}{_STATUS_NOTE.get(msg.status, '')} ---", msg.content, ""]
+        out += [f"--- {msg.role.value}{_note(msg)} ---", msg.content, ""]
     return "\n".join(out)

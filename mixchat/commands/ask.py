@@ -283,9 +283,10 @@ def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
     from mixchat.store import ConversationStore, NotFoundError
 
     wants_history = request.continue_last or request.conversation is not None
-    if not request.save and not wants_history:
+    writes = request.save and not request.show_prompt  # --show-prompt saves nothing either
+    if not writes and not wants_history:
         return None, None
-    store = ConversationStore.open()
+    store = ConversationStore.open(create=writes)  # --no-save creates nothing
     try:
         conv: Conversation | None = None
         if request.conversation is not None:
@@ -293,12 +294,15 @@ def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
         elif request.continue_last:
             last = store.last_conversation_id()
             if last is None:
-                raise NotFoundError("no saved conversation to continue")
+                raise NotFoundError(
+                    "no saved conversation to continue: none was used on this machine yet"
+                    " (continue an imported one with --conversation ID)"
+                )
             conv = store.get_conversation(last)
     except BaseException:
         store.close()
         raise
-    if not request.save:
+    if not writes:
         store.close()
         return None, conv
     return store, conv

@@ -34,7 +34,10 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
         elif continue_last:
             resume_id = store.last_conversation_id()
             if resume_id is None:
-                raise NotFoundError("no saved conversation to continue")
+                raise NotFoundError(
+                    "no saved conversation to continue: none was used on this machine yet"
+                    " (continue an imported one with --resume ID)"
+                )
         from mixchat.engine import factory
         from mixchat.tui.app import MixchatApp
 

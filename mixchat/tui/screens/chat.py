@@ -382,6 +382,7 @@ class ChatScreen(Screen[None]):
         self.edit.end(restore_draft=True)
         self._on_ready = None
         self.conversation = conversation
+        self.store.mark_used(conversation.id)  # `mixchat -c` / `ask -c` go on with it
         self.sidebar.current_id = conversation.id
         await self.shown.show(conversation.messages)
         last = conversation.messages[-1] if conversation.messages else None
