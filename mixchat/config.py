@@ -71,6 +71,11 @@ class Option:
     switches: tuple[Switch, ...] = ()
 
     @property
+    def label(self) -> str:
+        """A short name for a form ("Max new tokens"); ``doc`` says the rest."""
+        return self.name.replace("_", " ").capitalize()
+
+    @property
     def env(self) -> str:
         """The environment variable that sets it."""
         return ENV_PREFIX + self.name.upper()

@@ -57,6 +57,11 @@ def compose_prompt(argument: str | None, piped: str | None) -> str:
     return scrub_surrogates("\n\n".join(parts))
 
 
+#: The one line on stderr after an answer cut by the token limit (the answer is complete
+#: on stdout as far as it went; scripts may ignore stderr or read ``--json``'s "ending").
+CUT_NOTE = "the answer reached --max-tokens; `mixchat ask -c --continue-reply` goes on"
+
+
 def warn(message: str) -> None:
     """A diagnostic line on stderr (never on stdout, which carries only the answer)."""
     print(f"mixchat: {for_terminal(message)}", file=sys.stderr, flush=True)
@@ -256,7 +261,7 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
                 outcome.error or "the model failed", EXIT_USAGE if bad_input else EXIT_FAILURE
             )
         if outcome.ending is Ending.LENGTH and not request.as_json:
-            warn("the answer reached --max-tokens; `mixchat ask -c --continue-reply` goes on")
+            warn(CUT_NOTE)
         if request.as_json:
             conv_id = turn.conversation.id if turn.conversation and store else None
             payload = {
