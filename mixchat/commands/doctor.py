@@ -31,6 +31,8 @@ def _verdict(report: Report) -> tuple[bool, str] | None:
         return True, "fits in the free GPU memory"
     if report.fits is False:
         return False, "does not fit in the free GPU memory: try --4bit or more GPUs"
+    if report.fits_in_ram is True and report.quantization == "none":
+        return True, "no GPU: fits in RAM, in full precision on the CPU (slow)"
     if report.fits_in_ram is True:
         return True, "no GPU: fits in RAM, everything runs on the CPU kernels"
     if report.fits_in_ram is False:

@@ -31,6 +31,7 @@ _USAGE_ERRORS = (
     ("mixchat.store", "StoreError"),
     ("mixchat.transcript", "TranscriptError"),
     ("mixchat.prompt", "PromptError"),
+    ("mixchat.engine.base", "DownloadRefused"),  # the user must choose: a flag, space
 )
 _FAILURE_ERRORS = (("mixchat.engine.base", "EngineError"),)
 

@@ -42,6 +42,15 @@ OVERHEAD_BYTES = int(1.5 * 10**9)  # CUDA context, activations, allocator slack 
 ESTIMATE_CONTEXT = 4096  # tokens of KV cache read per decoding step in the speed estimate
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What is known of a model that is not on disk yet (from the hub's listing): its
+    ``config.json`` and its parameter count."""
+
+    config: dict[str, Any]
+    parameters: int | None
+
+
 @dataclass
 class Report:
     """Everything doctor found. Sizes are bytes; ``tokens_per_s`` is an estimate."""
@@ -86,7 +95,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
+def _model_facts(
+    settings: Settings, report: Report, facts: ModelFacts | None = None
+) -> dict[str, Any] | None:
     """Fill in the model's size; returns its config when known."""
     import json
 
@@ -94,7 +105,9 @@ def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
 
     config: Any = None
     path = Path(settings.model).expanduser()
-    if path.is_dir():
+    if facts is not None:
+        config, report.parameters = facts.config, facts.parameters
+    elif path.is_dir():
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError):
@@ -206,8 +219,12 @@ def _mixtral_plan(
     report.tokens_per_s = decode_estimate(sizes, placement, shape.layers, machine, cpu_only=False)
 
 
-def diagnose(settings: Settings, machine: Machine) -> Report:
-    """The report for ``settings`` on ``machine`` (``hardware.probe()`` or ``assumed()``)."""
+def diagnose(
+    settings: Settings, machine: Machine, facts: ModelFacts | None = None, libraries: bool = True
+) -> Report:
+    """The report for ``settings`` on ``machine`` (``hardware.probe()`` or ``assumed()``).
+    ``facts`` describe a model not downloaded yet; ``libraries=False`` skips checking that
+    bitsandbytes and the CPU kernels run (which imports torch)."""
     report = Report(
         python=machine.python,
         torch=machine.torch,
@@ -224,12 +241,13 @@ def diagnose(settings: Settings, machine: Machine) -> Report:
         assumed_machine=machine.assumed_machine,
     )
     report.bitsandbytes = _version("bitsandbytes")
-    if report.bitsandbytes is not None and not machine.assumed_machine:
+    probe_libraries = libraries and not machine.assumed_machine
+    if report.bitsandbytes is not None and probe_libraries:
         mode = "8bit" if settings.quantization == "8bit" else "4bit"
         report.bitsandbytes_works = _bitsandbytes_works(bool(machine.gpus), mode)
-    report.cpu_kernels = bool(report.torch) and not machine.assumed_machine and _cpu_kernels()
+    report.cpu_kernels = bool(report.torch) and probe_libraries and _cpu_kernels()
     report.flash_attn = _version("flash-attn") or _version("flash_attn")
-    config = _model_facts(settings, report)
+    config = _model_facts(settings, report, facts)
     mixtral = config is not None and config.get("model_type") == "mixtral"
     if mixtral and settings.quantization != "none" and config is not None:
         _mixtral_plan(report, config, settings, machine)
@@ -242,7 +260,20 @@ def diagnose(settings: Settings, machine: Machine) -> Report:
             report.fits = report.needed_bytes <= sum(g.free_bytes for g in report.gpus)
             if not report.fits and mixtral:
                 report.suggestion = "--4bit (with --cpu-experts auto if it still does not fit)"
+        elif machine.ram_available is not None:
+            # The stock loader on the CPU: full precision in the CPU's dtype (fp32 for auto).
+            need = _cpu_dense_bytes(report.parameters, settings) + kv
+            report.ram_needed_bytes = need
+            report.fits_in_ram = need <= machine.ram_available
     return report
+
+
+def _cpu_dense_bytes(parameters: int, settings: Settings) -> int:
+    """Weight bytes of a model the stock loader puts on the CPU."""
+    if settings.quantization != "none":
+        return dense_weight_bytes(parameters, settings.quantization)
+    per_value = {"bfloat16": 2, "float16": 2}.get(settings.dtype, 4)  # auto: fp32 on a CPU
+    return parameters * per_value
 
 
 def _bitsandbytes_works(cuda: bool, quantization: str) -> bool:
