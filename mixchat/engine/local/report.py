@@ -17,6 +17,7 @@ from typing import Any
 
 from mixchat.config import Settings
 from mixchat.engine.base import EngineError
+from mixchat.engine.local import quant_cache
 from mixchat.engine.local.hardware import Gpu, Machine
 from mixchat.engine.local.placement import (
     Placement,
@@ -86,6 +87,9 @@ class Report:
     assumed_machine: bool = False
     suggestion: str | None = None
     notes: list[str] = field(default_factory=list)
+    quant_cache_dir: str = ""  # quantized weights kept for faster starts
+    quant_cache_entries: int = 0
+    quant_cache_bytes: int = 0
 
 
 def _version(package: str) -> str | None:
@@ -240,6 +244,8 @@ def diagnose(
         cpu_bandwidth_source=machine.cpu_bandwidth_source,
         assumed_machine=machine.assumed_machine,
     )
+    report.quant_cache_dir = str(quant_cache.directory())
+    report.quant_cache_entries, report.quant_cache_bytes = quant_cache.usage()
     report.bitsandbytes = _version("bitsandbytes")
     probe_libraries = libraries and not machine.assumed_machine
     if report.bitsandbytes is not None and probe_libraries:
