@@ -372,6 +372,15 @@ class Settings:
         _cpu_experts, L, flag="--cpu-experts",
         help="4bit/8bit Mixtral: keep the experts of N layers (or auto, or 24-31) in system RAM.",
     )  # fmt: skip
+    quant_cache: bool = _option(
+        True, "4bit/8bit Mixtral: keep the quantized weights in mixchat's cache directory so "
+        "the next start reads them instead of quantizing the checkpoint again (mixchat doctor "
+        "shows where and how much; delete that directory to clear it)", _boolean, L,
+        switches=(
+            Switch("--no-quant-cache", False, "Quantize anew; neither read nor keep the "
+                   "quantized weights in the cache."),
+        ),
+    )  # fmt: skip
     trust_remote_code: bool = _option(
         False, "run code shipped with the model (off by default)", _boolean, L,
         switches=(Switch("--trust-remote-code", True, "Run code shipped with the model."),),

@@ -96,6 +96,12 @@ def progress_line(event: LoadProgress) -> str:
     name the model, so it is neutralized."""
     if event.stage == "resolve":
         return f"finding {for_terminal(event.detail)}" if event.detail else "finding the model"
+    if event.stage == "download":  # bytes: "downloading 3.1/93.4 GB (3%) · 85.0 MB/s, ..."
+        from mixchat.engine.local.progress import amount
+
+        pct = f" ({100 * event.done // event.total}%)" if event.total else ""
+        detail = f" · {for_terminal(event.detail)}" if event.detail else ""
+        return f"downloading {amount(event.done, event.total)}{pct}{detail}"
     pct = f" {100 * event.done // event.total}%" if event.total else ""
     detail = f" ({for_terminal(event.detail)})" if event.detail else ""
     return f"loading {event.stage}{pct}{detail}"
@@ -130,6 +136,7 @@ class _Progress:
 
     question_saved: bool = False
     loading: bool = False
+    downloading: bool = False  # the last load event was a download's
     recorder: Any = None  # the ReplyRecorder, once the reply streams
 
 
@@ -160,6 +167,10 @@ def _stopped_line(stop: KeyboardInterrupt, progress: _Progress) -> str:
         return f"{what}; the partial reply is saved" if saved else what
     if progress.loading:
         kept = "; the question is saved, without an answer" if progress.question_saved else ""
+        if progress.downloading:
+            from mixchat.engine.resolve import KEPT
+
+            return f"{what} during the download: {KEPT}{kept}"
         return f"{what} while the model was loading{kept}"
     return f"{what}; the question is saved" if progress.question_saved else f"{what}; nothing saved"
 
@@ -209,6 +220,7 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
         try:
             for load_event in engine.load():
                 if isinstance(load_event, LoadProgress):
+                    progress.downloading = load_event.stage == "download"
                     bar.show(load_event)
                 else:
                     bar.clear()
