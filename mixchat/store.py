@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from mixchat import paths
-from mixchat.conversation import Conversation, Message, Role, Status, make_title
+from mixchat.conversation import Attachment, Conversation, Message, Role, Status, make_title
 from mixchat.searchrank import MatchReader, QueryWord, bm25_scores, normalize, snippet
 from mixchat.textsafe import scrub_surrogates
 
@@ -77,6 +77,7 @@ class ConversationSummary:
     updated_at: float
     model: str
     message_count: int
+    preset: str | None = None  # the preset it was started with (or had applied last)
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,14 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migration_attachments(conn: sqlite3.Connection) -> None:
+    # The files put into a message (their text is part of its content): a JSON list of
+    # {name, size, sha256}; NULL when there are none.
+    conn.execute("ALTER TABLE messages ADD COLUMN attachments TEXT")
+
+
 # Applied in order; the schema version is len(MIGRATIONS). Only ever append.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_attachments]
 
 
 def _error(exc: sqlite3.Error, path: Path) -> StoreError:
@@ -260,6 +267,21 @@ def _fts_query(words: list[tuple[str, bool]], prefix: bool = False) -> str:
     )
 
 
+def _attachments_json(attachments: list[Attachment]) -> str | None:
+    if not attachments:
+        return None
+    return _json([{"name": a.name, "size": a.size, "sha256": a.sha256} for a in attachments])
+
+
+def _attachments(text: str | None) -> list[Attachment]:
+    """The attachments column read back; anything unreadable counts as none."""
+    try:
+        items = json.loads(text) if text else []
+        return [Attachment(str(i["name"]), int(i["size"]), str(i["sha256"])) for i in items]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
 def _message(row: sqlite3.Row) -> Message:
     return Message(
         role=Role(row["role"]),
@@ -271,6 +293,7 @@ def _message(row: sqlite3.Row) -> Message:
         ttft_s=row["ttft_s"],
         duration_s=row["duration_s"],
         created_at=row["created_at"],
+        attachments=_attachments(row["attachments"]),
     )
 
 
@@ -481,7 +504,9 @@ class ConversationStore:
         """Conversation summaries, most recently updated first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, title, created_at, updated_at, model, message_count"
+                "SELECT id, title, created_at, updated_at, model, message_count,"
+                " CASE WHEN json_type(settings, '$.preset') = 'text'"
+                " THEN json_extract(settings, '$.preset') END"
                 " FROM conversations ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 (-1 if limit is None else limit, offset),
             ).fetchall()
@@ -614,8 +639,8 @@ class ConversationStore:
         stats = (m.prompt_tokens, m.completion_tokens, m.ttft_s, m.duration_s)
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, status,"
-            " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at,"
+            " attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv_id,
                 position,
@@ -624,6 +649,7 @@ class ConversationStore:
                 status.value,
                 *stats,
                 *[m.created_at] * 2,
+                _attachments_json(m.attachments),
             ),
         )
         return replace(m, id=cur.lastrowid, role=role, status=status)

@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from mixchat.commands.errors import EXIT_FAILURE, EXIT_USAGE, fail
@@ -38,6 +38,9 @@ class AskRequest:
     save: bool = True
     as_json: bool = False
     show_prompt: bool = False
+    files: list[str] = field(default_factory=list)  # -f: text files put into the message
+    preset: str | None = None
+    extract: int | None = None  # --extract N: print only the N-th code block (-1: the last)
 
 
 def read_stdin(stream: TextIO) -> str | None:
@@ -161,12 +164,21 @@ def _stopped_line(stop: KeyboardInterrupt, progress: _Progress) -> str:
 
 
 def _run_ask(request: AskRequest, progress: _Progress) -> int:
+    from mixchat import attachments, presets
+    from mixchat.commands import ask_input
     from mixchat.prompt import prompt_messages
     from mixchat.session import ReplyNotSaved, ReplyRecorder, stream_reply
 
     sources = load_sources(request.flags)
+    if request.preset is not None:
+        sources = sources.with_preset(presets.find_preset(request.preset))
+    if request.extract is not None and (request.as_json or request.show_prompt):
+        return fail("--extract prints a code block: it does not go with --json or --show-prompt")
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
-    if not prompt.strip():
+    files, refused = attachments.read_files(request.files, sources.effective().max_file_bytes)
+    if refused:
+        return ask_input.refuse(refused)
+    if not prompt.strip() and not files:
         return fail("nothing to ask: give a prompt as an argument or pipe text into stdin")
     if request.show_prompt and sources.effective().endpoint:
         return fail("--show-prompt needs a local model; the server at --endpoint builds its own")
@@ -174,11 +186,14 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
 
     store, conv = _open_conversation(request)
+    if conv is not None and sources.preset is not None:
+        conv = presets.apply_preset(store, conv, sources.preset)
     # The conversation's saved settings rank above config and environment, below flags.
     settings = sources.effective(conv)
     system_prompt = settings.system_prompt
     history = prompt_messages(conv.messages if conv else [])
-    user_message = Message(role=Role.USER, content=prompt)
+    content = attachments.compose_message(prompt, files)
+    user_message = Message(Role.USER, content, attachments=[f.record() for f in files])
     params = GenerationParams.from_settings(settings)
 
     from mixchat.engine import factory
@@ -187,6 +202,10 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
     try:
         if request.show_prompt:
             return _show_prompt(engine, [*history, user_message], system_prompt, params, request)
+        if files:
+            ask_input.report_files(
+                engine, files, [*history, user_message], system_prompt, params.max_new_tokens
+            )
         from mixchat.engine.transformers import TransformersEngine
 
         if isinstance(engine, TransformersEngine):
@@ -204,7 +223,8 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
                 conv = store.create_conversation(
                     model=settings.model,
                     system_prompt=system_prompt,
-                    settings=conversation_settings(settings),
+                    settings=conversation_settings(settings, sources.preset),
+                    title=attachments.title_for(prompt, files),
                     first_message=user_message,
                 )
                 created = True
@@ -234,7 +254,8 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
 
         recorder = ReplyRecorder(store, conversation_id)
         progress.recorder = recorder
-        out = _Output(sys.stdout, enabled=not request.as_json)
+        # --extract prints only a code block, once the reply is complete.
+        out = _Output(sys.stdout, enabled=not request.as_json and request.extract is None)
         cancel = threading.Event()
 
         def on_event(event: Event) -> None:
@@ -269,6 +290,8 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
             # A prompt that cannot be built (too long for the context) is bad input.
             bad_input = any(isinstance(e, Failed) and e.kind == "prompt" for e in outcome.events)
             return fail(outcome.error, EXIT_USAGE if bad_input else EXIT_FAILURE)
+        if request.extract is not None:
+            return ask_input.print_code_block(outcome.text, request.extract, conversation_id)
         if request.as_json:
             payload = {
                 "conversation_id": conversation_id,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixchat.config import FIELDS
-from mixchat.conversation import Conversation, Message, Role, Status, make_title
+from mixchat.conversation import Attachment, Conversation, Message, Role, Status, make_title
 from mixchat.store import ConversationStore
 from mixchat.transcript import (
     FORMAT_NAME,
@@ -69,6 +69,15 @@ messages = st.builds(
     ttft_s=seconds,
     duration_s=seconds,
     created_at=timestamps,
+    attachments=st.lists(
+        st.builds(
+            Attachment,
+            name=st.text(),
+            size=st.integers(min_value=0, max_value=2**40),
+            sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
+        ),
+        max_size=2,
+    ),
 )
 
 conversations = st.builds(
