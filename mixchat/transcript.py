@@ -7,7 +7,7 @@ import math
 import time
 from typing import Any
 
-from mixchat.conversation import Conversation, Message, Role, Status
+from mixchat.conversation import Attachment, Conversation, Message, Role, Status
 
 FORMAT_NAME = "mixchat.conversation"
 FORMAT_VERSION = 1
@@ -25,7 +25,8 @@ class TranscriptError(ValueError):
 
 
 def message_meta(msg: Message) -> dict[str, Any]:
-    """A message's status, timestamps and token figures as JSON-ready values."""
+    """A message's status, timestamps, token figures and attached files as JSON-ready
+    values."""
     return {
         "status": msg.status.value,
         "created_at": msg.created_at,
@@ -34,7 +35,18 @@ def message_meta(msg: Message) -> dict[str, Any]:
         "ttft_s": msg.ttft_s,
         "duration_s": msg.duration_s,
         "finish_reason": msg.finish_reason,
+        "attachments": [
+            {"name": a.name, "size": a.size, "sha256": a.sha256} for a in msg.attachments
+        ],
     }
+
+
+def preset_name(conv: Conversation) -> str | None:
+    """The preset a conversation was started with (or had applied last), if any."""
+    from mixchat.config import PRESET_KEY
+
+    name = conv.settings.get(PRESET_KEY)
+    return name if isinstance(name, str) else None
 
 
 def conversation_header(conv: Conversation) -> dict[str, Any]:
@@ -57,7 +69,7 @@ def to_json(conv: Conversation) -> dict[str, Any]:
         messages.append({"role": "system", "content": conv.system_prompt})
     for msg in conv.messages:
         item: dict[str, Any] = {"role": msg.role.value, "content": msg.content}
-        item["mixchat"] = {k: v for k, v in message_meta(msg).items() if v is not None}
+        item["mixchat"] = {k: v for k, v in message_meta(msg).items() if v not in (None, [])}
         messages.append(item)
     return {
         "format": FORMAT_NAME,
@@ -205,6 +217,7 @@ def from_json(data: Any) -> Conversation:
             raise TranscriptError(
                 f"message {index}: unknown finish_reason {finish_reason!r} (stop or length)"
             )
+        attachments = _attachments(meta.get("attachments"), index)
         messages.append(
             Message(
                 role=Role(role),
@@ -216,6 +229,7 @@ def from_json(data: Any) -> Conversation:
                 duration_s=_opt_float(meta, "duration_s", index),
                 created_at=now if created is None else created,
                 finish_reason=finish_reason,
+                attachments=attachments,
             )
         )
     if not messages:
@@ -231,6 +245,30 @@ def from_json(data: Any) -> Conversation:
         settings=settings,
         messages=messages,
     )
+
+
+_SHA256 = frozenset("0123456789abcdef")
+
+
+def _attachments(value: Any, index: int) -> list[Attachment]:
+    """A message's attached files as exported: [{name, size, sha256}]."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TranscriptError(f"message {index}: attachments must be a list")
+    found = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise TranscriptError(f"message {index}: an attachment must be an object")
+        name, size, digest = item.get("name"), item.get("size"), item.get("sha256")
+        if not isinstance(name, str):
+            raise TranscriptError(f"message {index}: an attachment's name must be a string")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_COUNT:
+            raise TranscriptError(f"message {index}: an attachment's size must be a whole number")
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _SHA256:
+            raise TranscriptError(f"message {index}: an attachment's sha256 must be 64 hex digits")
+        found.append(Attachment(name, size, digest))
+    return found
 
 
 def _opt_int(meta: dict[str, Any], key: str, index: int) -> int | None:
@@ -280,6 +318,11 @@ def _code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def attachment_lines(msg: Message) -> list[str]:
+    """``attached notes.txt, 1,234 bytes, sha256 9f86d0...`` for each file of ``msg``."""
+    return [f"attached {a.name}, {a.size:,} bytes, sha256 {a.sha256}" for a in msg.attachments]
+
+
 def to_markdown(conv: Conversation) -> str:
     """A readable Markdown document of the conversation."""
     lines = [f"# {one_line(conv.title) or '(untitled)'}", ""]
@@ -287,24 +330,30 @@ def to_markdown(conv: Conversation) -> str:
     if conv.model:
         lines.append(f"- model: {_code_span(one_line(conv.model))}")
     lines.append(f"- created: {_stamp(conv.created_at)}")
+    if preset_name(conv):
+        lines.append(f"- preset: {preset_name(conv)}")
     lines.append("")
     if conv.system_prompt:
         lines += ["## System", "", conv.system_prompt, ""]
     for msg in conv.messages:
         heading = "User" if msg.role is Role.USER else "Assistant"
         lines += [f"## {heading}{_note(msg)}", "", msg.content, ""]
+        lines += [f"- {line}" for line in attachment_lines(msg)] + ([""] if msg.attachments else [])
     return "\n".join(lines)
 
 
 def to_text(conv: Conversation) -> str:
     """A plain transcript for ``mixchat show``."""
+    preset = f"  preset {preset_name(conv)}" if preset_name(conv) else ""
     out = [
         one_line(conv.title) or "(untitled)",
-        f"id {conv.id}  model {one_line(conv.model) or '?'}  created {_stamp(conv.created_at)}",
+        f"id {conv.id}  model {one_line(conv.model) or '?'}"
+        f"  created {_stamp(conv.created_at)}{preset}",
         "",
     ]
     if conv.system_prompt:
         out += ["--- system ---", conv.system_prompt, ""]
     for msg in conv.messages:
         out += [f"--- {msg.role.value}{_note(msg)} ---", msg.content, ""]
+        out += [f"[{line}]" for line in attachment_lines(msg)] + ([""] if msg.attachments else [])
     return "\n".join(out)

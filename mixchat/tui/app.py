@@ -21,6 +21,7 @@ from textual.worker import Worker, WorkerState
 
 from mixchat.config import Settings, SettingsSources
 from mixchat.engine.base import DownloadRefused, Engine, EngineError, LoadProgress, Notice
+from mixchat.presets import Preset
 from mixchat.store import ConversationStore
 from mixchat.textsafe import neutralize
 from mixchat.tui.files import save_text
@@ -58,12 +59,14 @@ class MixchatApp(App[None]):
         on_theme_saved: Callable[[str], None] | None = None,
         flags: Mapping[str, Any] | None = None,
         check_machine: MachineCheck | None = None,
+        preset: Preset | None = None,
     ) -> None:
         """``check_machine`` sums up what ``mixchat doctor`` finds, for the screen shown
         when no model loads; it runs on a worker thread (it imports torch)."""
         super().__init__()
-        # ``settings``: defaults, config and environment; ``flags``: the command line's.
-        self.sources = SettingsSources(settings, dict(flags or {}))
+        # ``settings``: defaults, config and environment; ``flags``: the command line's;
+        # ``preset``: --preset's, for new conversations.
+        self.sources = SettingsSources(settings, dict(flags or {}), preset)
         self.settings = self.sources.effective()
         self.engine_factory = engine_factory
         self.store = store
