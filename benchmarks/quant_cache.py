@@ -34,7 +34,7 @@ import torch
 from mixchat.engine.local.placement import Placement
 from mixchat.engine.local.quant_cache import QuantCache
 from mixchat.engine.local.quantized import load_quantized_mixtral
-from tests.engine.test_quant import build_mixtral_checkpoint, logits, prompts
+from mixchat.testing.quant import build_mixtral_checkpoint, logits, prompts
 
 SHAPE = {"vocab": 4096, "hidden": 1024, "intermediate": 3584, "layers": 4, "experts": 8}
 

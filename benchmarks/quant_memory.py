@@ -32,7 +32,7 @@ import torch
 from mixchat.engine.local.bnb_experts import import_bnb
 from mixchat.engine.local.loader import weight_bytes
 from mixchat.engine.local.quantized import load_quantized_mixtral
-from tests.engine.test_quant import (
+from mixchat.testing.quant import (
     MEMORY_SHAPE,
     RATIO_SHAPE,
     RETURN_FREED,

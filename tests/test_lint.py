@@ -28,3 +28,22 @@ def test_ruff_format() -> None:
 def test_mypy() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_and_benchmarks_never_import_the_tests() -> None:
+    """Shared builders live in mixchat/testing; tests/ is not installed with the package."""
+    import ast
+
+    found = []
+    for folder in ("mixchat", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                found += [
+                    f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "tests"
+                ]
+    assert found == []
