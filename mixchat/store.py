@@ -42,6 +42,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from mixchat import dbfile, paths, storetree
 from mixchat.conversation import (
+    Attachment,
     Conversation,
     Message,
     Role,
@@ -102,6 +103,7 @@ class ConversationSummary:
     updated_at: float
     model: str
     message_count: int  # messages on the shown path (what `show` prints)
+    preset: str | None = None  # the preset it was started with (or had applied last)
 
 
 @dataclass(frozen=True)
@@ -221,11 +223,18 @@ def _migration_finish_reason(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE messages ADD COLUMN finish_reason TEXT")
 
 
+def _migration_attachments(conn: sqlite3.Connection) -> None:
+    # The files put into a message (their text is part of its content): a JSON list of
+    # {name, size, sha256}; NULL when there are none.
+    conn.execute("ALTER TABLE messages ADD COLUMN attachments TEXT")
+
+
 # Applied in order; the schema version is len(MIGRATIONS). Only ever append.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_finish_reason,
+    _migration_attachments,
     storetree.migrate,  # messages form a tree (branches instead of deletions)
 ]
 
@@ -341,6 +350,21 @@ def _beginning(
     return text, len(data) == size
 
 
+def _attachments_json(attachments: list[Attachment]) -> str | None:
+    if not attachments:
+        return None
+    return _json([{"name": a.name, "size": a.size, "sha256": a.sha256} for a in attachments])
+
+
+def _attachments(text: str | None) -> list[Attachment]:
+    """The attachments column read back; anything unreadable counts as none."""
+    try:
+        items = json.loads(text) if text else []
+        return [Attachment(str(i["name"]), int(i["size"]), str(i["sha256"])) for i in items]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
 def _message(row: sqlite3.Row) -> Message:
     return Message(
         role=Role(row["role"]),
@@ -353,6 +377,7 @@ def _message(row: sqlite3.Row) -> Message:
         duration_s=row["duration_s"],
         created_at=row["created_at"],
         finish_reason=row["finish_reason"],
+        attachments=_attachments(row["attachments"]),
         parent_id=row["parent_id"],
     )
 
@@ -624,7 +649,9 @@ class ConversationStore:
         """Conversation summaries, most recently updated first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, title, created_at, updated_at, model, message_count"
+                "SELECT id, title, created_at, updated_at, model, message_count,"
+                " CASE WHEN json_type(settings, '$.preset') = 'text'"
+                " THEN json_extract(settings, '$.preset') END"
                 " FROM conversations ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 (-1 if limit is None else limit, offset),
             ).fetchall()
@@ -888,7 +915,8 @@ class ConversationStore:
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, status,"
             " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at,"
-            " finish_reason, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " finish_reason, attachments, parent_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv_id,
                 position,
@@ -898,6 +926,7 @@ class ConversationStore:
                 *stats,
                 *[m.created_at] * 2,
                 m.finish_reason,
+                _attachments_json(m.attachments),
                 parent_id,
             ),
         )

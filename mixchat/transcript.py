@@ -7,7 +7,15 @@ import math
 import time
 from typing import Any
 
-from mixchat.conversation import Conversation, Message, Role, Status, TreeError, tree_order
+from mixchat.conversation import (
+    Attachment,
+    Conversation,
+    Message,
+    Role,
+    Status,
+    TreeError,
+    tree_order,
+)
 
 FORMAT_NAME = "mixchat.conversation"
 FORMAT_VERSION = 1
@@ -25,7 +33,8 @@ class TranscriptError(ValueError):
 
 
 def message_meta(msg: Message) -> dict[str, Any]:
-    """A message's status, timestamps and token figures as JSON-ready values."""
+    """A message's status, timestamps, token figures and attached files as JSON-ready
+    values."""
     return {
         "status": msg.status.value,
         "created_at": msg.created_at,
@@ -34,7 +43,18 @@ def message_meta(msg: Message) -> dict[str, Any]:
         "ttft_s": msg.ttft_s,
         "duration_s": msg.duration_s,
         "finish_reason": msg.finish_reason,
+        "attachments": [
+            {"name": a.name, "size": a.size, "sha256": a.sha256} for a in msg.attachments
+        ],
     }
+
+
+def preset_name(conv: Conversation) -> str | None:
+    """The preset a conversation was started with (or had applied last), if any."""
+    from mixchat.config import PRESET_KEY
+
+    name = conv.settings.get(PRESET_KEY)
+    return name if isinstance(name, str) else None
 
 
 def conversation_header(conv: Conversation) -> dict[str, Any]:
@@ -57,7 +77,7 @@ def _item(msg: Message, *, with_ids: bool) -> dict[str, Any]:
     return {
         "role": msg.role.value,
         "content": msg.content,
-        "mixchat": {k: v for k, v in meta.items() if v is not None},
+        "mixchat": {k: v for k, v in meta.items() if v not in (None, [])},
     }
 
 
@@ -72,7 +92,7 @@ def to_json(conv: Conversation, *, all_branches: bool = False) -> dict[str, Any]
     if conv.system_prompt:
         messages.append({"role": "system", "content": conv.system_prompt})
     messages += [_item(m, with_ids=all_branches) for m in conv.messages]
-    data = {
+    data: dict[str, Any] = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         **conversation_header(conv),
@@ -264,9 +284,34 @@ def _read_message(item: Any, where: str, now: float) -> Message | None:
         duration_s=_opt_float(meta, "duration_s", where),
         created_at=now if created is None else created,
         finish_reason=finish_reason,
+        attachments=_attachments(meta.get("attachments"), where),
         id=_opt_int(meta, "id", where),
         parent_id=_opt_int(meta, "parent_id", where),
     )
+
+
+_SHA256 = frozenset("0123456789abcdef")
+
+
+def _attachments(value: Any, where: str) -> list[Attachment]:
+    """A message's attached files as exported: [{name, size, sha256}]."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TranscriptError(f"{where}: attachments must be a list")
+    found = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise TranscriptError(f"{where}: an attachment must be an object")
+        name, size, digest = item.get("name"), item.get("size"), item.get("sha256")
+        if not isinstance(name, str):
+            raise TranscriptError(f"{where}: an attachment's name must be a string")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_COUNT:
+            raise TranscriptError(f"{where}: an attachment's size must be a whole number")
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _SHA256:
+            raise TranscriptError(f"{where}: an attachment's sha256 must be 64 hex digits")
+        found.append(Attachment(name, size, digest))
+    return found
 
 
 def _opt_int(meta: dict[str, Any], key: str, where: str) -> int | None:
@@ -316,6 +361,11 @@ def _code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def attachment_lines(msg: Message) -> list[str]:
+    """``attached notes.txt, 1,234 bytes, sha256 9f86d0...`` for each file of ``msg``."""
+    return [f"attached {a.name}, {a.size:,} bytes, sha256 {a.sha256}" for a in msg.attachments]
+
+
 def to_markdown(conv: Conversation) -> str:
     """A readable Markdown document of the conversation."""
     lines = [f"# {one_line(conv.title) or '(untitled)'}", ""]
@@ -323,24 +373,30 @@ def to_markdown(conv: Conversation) -> str:
     if conv.model:
         lines.append(f"- model: {_code_span(one_line(conv.model))}")
     lines.append(f"- created: {_stamp(conv.created_at)}")
+    if preset_name(conv):
+        lines.append(f"- preset: {preset_name(conv)}")
     lines.append("")
     if conv.system_prompt:
         lines += ["## System", "", conv.system_prompt, ""]
     for msg in conv.messages:
         heading = "User" if msg.role is Role.USER else "Assistant"
         lines += [f"## {heading}{_note(msg)}", "", msg.content, ""]
+        lines += [f"- {line}" for line in attachment_lines(msg)] + ([""] if msg.attachments else [])
     return "\n".join(lines)
 
 
 def to_text(conv: Conversation) -> str:
     """A plain transcript for ``mixchat show``."""
+    preset = f"  preset {preset_name(conv)}" if preset_name(conv) else ""
     out = [
         one_line(conv.title) or "(untitled)",
-        f"id {conv.id}  model {one_line(conv.model) or '?'}  created {_stamp(conv.created_at)}",
+        f"id {conv.id}  model {one_line(conv.model) or '?'}"
+        f"  created {_stamp(conv.created_at)}{preset}",
         "",
     ]
     if conv.system_prompt:
         out += ["--- system ---", conv.system_prompt, ""]
     for msg in conv.messages:
         out += [f"--- {msg.role.value}{_note(msg)} ---", msg.content, ""]
+        out += [f"[{line}]" for line in attachment_lines(msg)] + ([""] if msg.attachments else [])
     return "\n".join(out)

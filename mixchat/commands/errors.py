@@ -35,6 +35,7 @@ _USAGE_ERRORS = (
     ("mixchat.transcript", "TranscriptError"),
     ("mixchat.prompt", "PromptError"),
     ("mixchat.safefile", "WriteError"),
+    ("mixchat.engine.base", "DownloadRefused"),  # the user must choose: a flag, space
 )
 # An OSError of these kinds that reaches the top came from writing our output (a full disk
 # behind `> file`, `> /dev/full`): the core turns its own file errors into its error types.

@@ -22,6 +22,7 @@ from mixchat.transcript import (
     from_json,
     message_meta,
     parse_json,
+    preset_name,
     to_json,
     to_markdown,
     to_text,
@@ -77,6 +78,7 @@ def show_conversation(conversation_id: str, as_json: bool) -> None:
     if as_json:
         payload = {
             **conversation_header(conv),
+            "preset": preset_name(conv),
             "messages": [
                 {"id": m.id, "role": m.role.value, "content": m.content, **message_meta(m)}
                 for m in conv.messages
@@ -283,6 +285,7 @@ def show_config(as_json: bool) -> None:
         "config_file": str(paths.config_file()),
         "database": str(paths.database_file()),
         "themes_dir": str(paths.user_themes_dir()),
+        "presets_dir": str(paths.presets_dir()),
         "cache_dir": str(paths.cache_dir()),
     }
     if as_json:

@@ -19,11 +19,18 @@ def check_machine(settings: Settings) -> list[str]:
     return summary(diagnose(settings, hardware.probe()))
 
 
-def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bool) -> int:
-    """Start the Textual app; returns the exit code."""
+def run_interactive(
+    flags: dict[str, Any], resume: str | None, continue_last: bool, preset: str | None = None
+) -> int:
+    """Start the Textual app; returns the exit code. ``preset`` applies to new
+    conversations, and to the one reopened (its saved settings change, as with ask)."""
     from mixchat.store import ConversationStore, NotFoundError
 
     sources = load_sources(flags)
+    if preset is not None:
+        from mixchat.presets import find_preset
+
+        sources = sources.with_preset(find_preset(preset))
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         return fail('the interactive app needs a terminal; for scripts use: mixchat ask "..."')
     store = ConversationStore.open()
@@ -38,6 +45,10 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
                     "no saved conversation to continue: none was used on this machine yet"
                     " (continue an imported one with --resume ID)"
                 )
+        if resume_id is not None and sources.preset is not None:
+            from mixchat.presets import apply_preset
+
+            apply_preset(store, store.get_conversation(resume_id), sources.preset)
         from mixchat.engine import factory
         from mixchat.tui.app import MixchatApp
 
@@ -48,6 +59,7 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             resume_id=resume_id,
             on_theme_saved=lambda name: save_setting("theme", name),
             flags=sources.flags,
+            preset=sources.preset,
             check_machine=check_machine,
         )
         app.run()

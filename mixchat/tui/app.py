@@ -20,7 +20,8 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from mixchat.config import Settings, SettingsSources
-from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
+from mixchat.engine.base import DownloadRefused, Engine, EngineError, LoadProgress, Notice
+from mixchat.presets import Preset
 from mixchat.store import ConversationStore
 from mixchat.textsafe import neutralize
 from mixchat.tui.files import save_text
@@ -58,18 +59,22 @@ class MixchatApp(App[None]):
         on_theme_saved: Callable[[str], None] | None = None,
         flags: Mapping[str, Any] | None = None,
         check_machine: MachineCheck | None = None,
+        preset: Preset | None = None,
     ) -> None:
         """``check_machine`` sums up what ``mixchat doctor`` finds, for the screen shown
         when no model loads; it runs on a worker thread (it imports torch)."""
         super().__init__()
-        # ``settings``: defaults, config and environment; ``flags``: the command line's.
-        self.sources = SettingsSources(settings, dict(flags or {}))
+        # ``settings``: defaults, config and environment; ``flags``: the command line's;
+        # ``preset``: --preset's, for new conversations.
+        self.sources = SettingsSources(settings, dict(flags or {}), preset)
         self.settings = self.sources.effective()
         self.engine_factory = engine_factory
         self.store = store
         self.resume_id = resume_id
         self.engine: Engine | None = None
         self.model_error: str | None = None  # why the model did not load
+        self.model_offer: tuple[dict[str, str], str] | None = None  # settings that would fit
+        self._loading_engine: Engine | None = None  # closed on quit: stops a download
         self.check_machine = check_machine
         self.themes = ThemeManager(self, on_saved=on_theme_saved)
         self._model_settled = asyncio.Event()
@@ -142,6 +147,7 @@ class MixchatApp(App[None]):
         except Exception as exc:  # a broken factory is a load failure like any other
             self.post_message(ModelFailed(f"{type(exc).__name__}: {exc}"))
             return
+        self._loading_engine = engine
         try:
             for event in engine.load():
                 if isinstance(event, LoadProgress):
@@ -151,8 +157,13 @@ class MixchatApp(App[None]):
         except Exception as exc:
             engine.close()
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-            self.post_message(ModelFailed(message))
+            if isinstance(exc, DownloadRefused) and exc.offer:
+                self.post_message(ModelFailed(message, exc.offer, exc.flags))
+            else:
+                self.post_message(ModelFailed(message))
             return
+        finally:
+            self._loading_engine = None
         self.engine = engine
         self.post_message(ModelReady(engine.info()))
 
@@ -174,6 +185,7 @@ class MixchatApp(App[None]):
     @on(ModelFailed)
     def on_model_failed(self, message: ModelFailed) -> None:
         self.model_error = message.error
+        self.model_offer = (message.offer, message.flags) if message.offer else None
         self.chat_screen.model_failed(message.error)
         if self.resume_id is None and self.chat_screen.conversation is None:
             self.action_model_setup()  # the first run: nothing else to show
@@ -194,9 +206,23 @@ class MixchatApp(App[None]):
             return
         if not isinstance(self.screen, ModelSetupScreen):
             screen = ModelSetupScreen(
-                self.model_error, self.settings, self.check_machine, self.load_model
+                self.model_error,
+                self.settings,
+                self.check_machine,
+                self.load_model,
+                offer=self.model_offer,
+                accept=self.accept_offer,
             )
             self.push_screen(screen)
+
+    def accept_offer(self, offer: dict[str, str]) -> None:
+        """Load with the settings a refused download offered (``--4bit``, say), as if they
+        had been given on the command line."""
+        self.sources = self.sources.with_flags(offer)
+        self.settings = self.sources.effective()
+        self.chat_screen.sources = self.chat_screen.sources.with_flags(offer)
+        self.model_offer = None
+        self.load_model()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker errors end up: shown, never fatal."""
@@ -237,5 +263,6 @@ class MixchatApp(App[None]):
         self.exit()
 
     def on_unmount(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
+        for engine in (self.engine, self._loading_engine):
+            if engine is not None:
+                engine.close()  # a download in progress stops, keeping its finished files

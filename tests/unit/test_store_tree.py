@@ -347,9 +347,9 @@ def test_import_refuses_what_is_not_a_tree(store: ConversationStore, change, err
 def test_conversations_saved_as_lines_become_trees_with_one_path(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    for migrate in MIGRATIONS[:3]:  # the schema before branches
+    for migrate in MIGRATIONS[:4]:  # the schema before branches (4: attachments)
         migrate(conn)
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("PRAGMA user_version = 4")
     now = time.time()
     lines = {"a" * 32: 4, "b" * 32: 1, "c" * 32: 0}
     for conv_id, n in lines.items():

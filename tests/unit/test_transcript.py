@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixchat.config import FIELDS
-from mixchat.conversation import Conversation, Message, Role, Status, make_title
+from mixchat.conversation import Attachment, Conversation, Message, Role, Status, make_title
 from mixchat.store import ConversationStore
 from mixchat.transcript import (
     FORMAT_NAME,
@@ -72,6 +72,15 @@ messages = st.builds(
     duration_s=seconds,
     created_at=timestamps,
     finish_reason=st.sampled_from([None, "stop", "length"]),
+    attachments=st.lists(
+        st.builds(
+            Attachment,
+            name=st.text(),
+            size=st.integers(min_value=0, max_value=2**40),
+            sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
+        ),
+        max_size=2,
+    ),
 )
 
 conversations = st.builds(

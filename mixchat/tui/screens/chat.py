@@ -331,7 +331,7 @@ class ChatScreen(Screen[None]):
             for saved in self.conversation.messages:
                 if saved.id == outcome.message_id:
                     self.shown.settled(saved)
-            await self.shown.update(self.conversation.messages)  # and what came from elsewhere
+            await self.shown.follow(self.conversation.messages)  # and what came from elsewhere
         self.sidebar.reload()
         if self.exit_after_reply:
             self.app.exit()

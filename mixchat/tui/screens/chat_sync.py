@@ -66,7 +66,7 @@ class StoreSync:
         if screen.edit.pending is not None and not screen.edit.still_applies(fresh.messages):
             screen.edit.end(restore_draft=False)
             screen.notify("The conversation changed elsewhere: the edit is cancelled.")
-        if await screen.shown.update(fresh.messages):
+        if await screen.shown.follow(fresh.messages):
             screen.count_context()
             screen.offer_answer(say=False)
 

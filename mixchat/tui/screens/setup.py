@@ -53,6 +53,7 @@ class ModelSetupScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Conversations"),
         Binding("r", "retry", "Try again"),
+        Binding("o", "accept_offer", "Load what fits"),
     ]
 
     def __init__(
@@ -61,17 +62,29 @@ class ModelSetupScreen(Screen[None]):
         settings: Settings,
         check: MachineCheck | None,
         retry: Callable[[], None],
+        offer: tuple[dict[str, str], str] | None = None,
+        accept: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
+        """``offer``: settings that would fit and their flags, from a refused download;
+        ``accept`` loads with them (key O)."""
         super().__init__()
         self.error = error
         self.settings = settings
         self.check = check
         self.retry = retry
+        self.offer = offer if accept is not None else None
+        self.accept = accept
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="setup"):
             yield Static("No model loaded", classes="title")
             yield Static(_line(self.error), id="setup-error", classes="error")
+            if self.offer is not None:
+                yield Static(
+                    Text(f"O  download and load it with {self.offer[1]} (fits this machine)"),
+                    id="setup-offer",
+                    classes="command",
+                )
             yield Static("Get one, then start mixchat again or press R:", classes="heading")
             for command, what in setup_commands(self.settings):
                 yield Static(Text(command), classes="command")
@@ -102,6 +115,17 @@ class ModelSetupScreen(Screen[None]):
         self.query_one("#machine", Static).update(
             Text("\n".join(" ".join(neutralize(line).split()) for line in message.lines))
         )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.offer is not None if action == "accept_offer" else True
+
+    def action_accept_offer(self) -> None:
+        """Load with the settings that fit (``--4bit``, say); the download begins."""
+        if self.offer is None or self.accept is None:
+            return
+        offer = self.offer[0]
+        self.app.pop_screen()
+        self.accept(offer)
 
     def action_retry(self) -> None:
         """Load the model again (after downloading it, say)."""
