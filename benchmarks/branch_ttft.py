@@ -17,8 +17,8 @@ is the switch prompt on an engine that keeps no cache (every prompt prefilled in
 TTFT is the engine's own ``Usage.ttft_s``; medians and bests over the repeats, the cases
 interleaved. ``*_cached_tokens`` say how much of each prompt the cache covered (a random
 model's reply may re-tokenize differently from the ids it generated, so the next turn may
-reuse only up to the question before the reply). ``ratio_switch_over_next`` is the figure: how much a branch switch costs over
-an ordinary turn, measured in the same run.
+reuse only up to the question before the reply). ``ratio_switch_over_next`` is the
+figure: how much a branch switch costs over an ordinary turn, measured in the same run.
 
 Prints one JSON object. Not part of the tests. Run: ``python benchmarks/branch_ttft.py``.
 """
