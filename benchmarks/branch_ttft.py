@@ -178,6 +178,7 @@ def report(
         first = results[case][0][0]
         out[f"{case}_prompt_tokens"] = first.prompt_tokens
         out[f"{case}_cached_tokens"] = first.cached_tokens
+        out[f"{case}_prefilled_tokens"] = first.prompt_tokens - first.cached_tokens
         out[f"ttft_{case}_median_s"] = round(statistics.median(ttft[case]), 4)
         out[f"ttft_{case}_min_s"] = round(min(ttft[case]), 4)
     for pick in ("median", "min"):
