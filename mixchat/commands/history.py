@@ -117,7 +117,9 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
         start, end = ("\x1b[1m", "\x1b[0m") if tty else ("", "")
         snippet = snippet.replace(MARK_START, start).replace(MARK_END, end)
         title = _one_line(for_terminal(hit.title) if tty else hit.title, 50)
-        lines.append(f"{hit.conversation_id[:SHORT_ID]}  {title}  [{hit.role.value}] {snippet}")
+        # A hit on a branch the conversation does not show (an older answer, say).
+        where = hit.role.value if hit.shown else f"{hit.role.value}, another branch"
+        lines.append(f"{hit.conversation_id[:SHORT_ID]}  {title}  [{where}] {snippet}")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

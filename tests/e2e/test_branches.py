@@ -156,3 +156,11 @@ def test_fork_of_nothing(branched: str) -> None:
     result = run("fork", empty.id)
     assert result.returncode == 2 and "no messages to fork" in result.stderr
     assert len(listed()) == 2
+
+
+def test_search_finds_every_branch_and_says_which_is_not_shown(branched: str) -> None:
+    hits = {h["snippet"]: h["shown"] for h in json.loads(run("search", "answer", "--json").stdout)}
+    assert hits == {"old answer": False, "new answer": True}
+    lines = run("search", "answer").stdout.splitlines()
+    assert any("[assistant, another branch] old answer" in line for line in lines)
+    assert any("[assistant] new answer" in line for line in lines)
