@@ -10,13 +10,27 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-# CI runs the same examples every time (a failure there is reproducible); local runs keep
-# exploring new ones.
-hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
-if os.environ.get("CI"):
-    hypothesis_settings.load_profile("ci")
+# CI runs every example, the same ones every time (a failure there is reproducible); local
+# runs try fewer, new ones each time (the fast loop). HYPOTHESIS_PROFILE=ci locally runs CI's.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, max_examples=100)
+hypothesis_settings.register_profile("dev", deadline=None, max_examples=15)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 pytest_plugins = ["tests.cli_harness"]
+
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the slow ones for the fast lane (`pytest -m "not slow"`): besides those marked
+    by hand, every test of the real model and every real-process reliability test."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "real_model" in fixtures or (TESTS / "reliability") in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -210,6 +210,13 @@ class RemoteEngine:
         yield LoadProgress("connect", 0, 1, self.endpoint)
         if self._client is None:
             self._client = self._make_client()
+            if self._api_key() and not _private_transport(self.endpoint):
+                yield Notice(
+                    self._say(
+                        f"{self.endpoint} is plain http to a public address: the API key "
+                        "and every message travel unencrypted; use https"
+                    )
+                )
         try:
             listing = yield from self._list_models()
         except EngineError:
@@ -422,6 +429,28 @@ class RemoteEngine:
             self._client.close()
         self._client = None
         self._info = None
+
+
+def _private_transport(endpoint: str) -> bool:
+    """Whether requests to ``endpoint`` stay off the public internet or are encrypted:
+    https, or http to a loopback, private or link-local address or a single-label or
+    ``.local``/``.internal`` host name (a machine on the user's own network)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if parts.scheme.lower() == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return (
+            host == "localhost"
+            or "." not in host
+            or host.endswith((".localhost", ".local", ".internal", ".lan", ".home.arpa"))
+        )
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def _retrying(delay: float, retry: int, engine: RemoteEngine) -> str:

@@ -232,6 +232,25 @@ class MixchatApp(App[None]):
 
     # -- actions ------------------------------------------------------------
 
+    def copy_text(self, text: str, what: str) -> None:
+        """Copy ``text`` (``what`` names it in the notification) as the ``clipboard``
+        setting says: OSC 52 through the terminal, or a clipboard tool (on a thread: a
+        tool may take a moment), and say which worked."""
+        import os
+
+        from mixchat.clipboard import copy_text
+
+        def osc52(data: str) -> None:
+            self.call_from_thread(self.copy_to_clipboard, data)
+
+        def copy() -> None:
+            copied = copy_text(text, what, self.settings.clipboard, os.environ, osc52)
+            self.call_from_thread(
+                self.notify, copied.message, severity=copied.severity, markup=False
+            )
+
+        threading.Thread(target=copy, name="mixchat-copy", daemon=True).start()
+
     def action_help(self) -> None:
         """Show every key."""
         self.push_screen(HelpScreen())

@@ -35,6 +35,7 @@ def ask(cli: Cli) -> Ask:
     return run_ask
 
 
+@pytest.mark.slow
 def test_the_installed_command_streams_and_saves(tiny_model: Path) -> None:
     # The smoke test of `ask`: the installed command in a real process, stdout a pipe.
     result = run("ask", "--model", str(tiny_model), "--max-tokens", "5", "--temperature", "0", "hi")
@@ -178,6 +179,7 @@ def test_no_save_leaves_no_conversation(
     assert not (mixchat_home / "data").exists() or json.loads(cli("list", "--json").stdout) == []
 
 
+@pytest.mark.slow
 def test_sigint_keeps_the_partial_reply_and_exits_130(tiny_model: Path, ask: Ask, cli: Cli) -> None:
     proc = subprocess.Popen(
         [

@@ -107,6 +107,7 @@ def read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 60
     return seen
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_download_keeps_finished_files_and_the_next_run_continues(
     hub: StandInHub, cli: Cli, sharded: Path, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from mixchat.engine.local.placement import (
 from mixchat.engine.local.policy import quantized_placement
 from mixchat.engine.local.quantized import dispatch, load_quantized_mixtral
 from mixchat.engine.local.sizes import GIB, MIXTRAL_8X7B, mixtral_sizes
+from tests.cli_harness import Cli
 from tests.engine.test_quant import build_mixtral_checkpoint
 
 SHAPE = {"vocab": 512, "hidden": 128, "intermediate": 256, "layers": 4, "experts": 4}
@@ -159,6 +160,7 @@ def _with_transformers_experts(model: Any, layers: tuple[int, ...]) -> Any:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["4bit", "8bit"])
 def test_experts_in_ram_give_the_same_logits_and_greedy_output(checkpoint: Path, mode: str) -> None:
     # "GPU" layers run bitsandbytes' kernels as on a GPU (cpu_kernels=False); layers 2 and 3
@@ -193,8 +195,8 @@ def test_experts_in_ram_give_the_same_logits_and_greedy_output(checkpoint: Path,
 
 
 @pytest.mark.e2e
-def test_ask_takes_the_flag(tiny_model: Path) -> None:
-    from tests.e2e.helpers import run
+def test_ask_takes_the_flag(tiny_model: Path, cli: Cli) -> None:
+    run = cli  # in process, the engine factory the installed command uses
 
     # CPU only: the whole model is on the CPU already, said once on stderr.
     args = ["ask", "--model", str(tiny_model), "--max-tokens", "3", "--no-save"]

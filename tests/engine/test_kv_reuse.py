@@ -101,6 +101,7 @@ def same_reply(engines: Engines, messages: list[Message]) -> Reply:
     return got
 
 
+@pytest.mark.slow
 def test_multi_turn_with_regenerate_edit_and_cancel_matches_full_prefill(engines: Engines) -> None:
     reuse, _ = engines
     reuse.reset_cache()
@@ -160,6 +161,7 @@ def test_multi_turn_with_regenerate_edit_and_cancel_matches_full_prefill(engines
     assert other.usage.cached_tokens < 10
 
 
+@pytest.mark.slow
 def test_trimmed_context_reuses_only_the_common_prefix(tmp_path: Path) -> None:
     from mixchat.testing.models import build_tiny_mixtral
 

@@ -263,6 +263,7 @@ def test_next_token_logits_stay_close_to_full_precision(
         assert got["top1"] >= 0.80 and got["rel_l2"] <= 0.10, got
 
 
+@pytest.mark.slow
 def test_hub_fused_and_split_checkpoints_load_the_same(ratio_model: Path, tmp_path: Path) -> None:
     # The hub layout (w1/w2/w3 per expert), w1 and w3 in different shards, and transformers'
     # fused 3-D layout all give the very same quantized model.
@@ -376,6 +377,7 @@ def test_double_quantization_is_a_setting(
     assert seen == [True, False]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize("flag", ["--4bit", "--8bit"])
 def test_ask_quantized_end_to_end_on_cpu(tiny_model: Path, flag: str) -> None:
@@ -461,6 +463,7 @@ def checkpoint_numel(model_dir: Path) -> int:
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_peak_memory_while_loading_stays_near_the_quantized_size(tmp_path: Path) -> None:
     model_dir = build_mixtral_checkpoint(tmp_path / "mem", **MEMORY_SHAPE, max_shard_size="6MB")

@@ -21,6 +21,7 @@ from mixchat.config import ConfigError, load_settings
 from mixchat.conversation import Message, Role, Status
 from mixchat.store import ConversationStore
 from mixchat.transcript import from_json
+from tests.examples import examples
 from tests.reliability.helpers import Result, assert_one_line_error, cli, run_on_pty
 
 pytestmark = pytest.mark.e2e
@@ -254,7 +255,7 @@ config_keys = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=st.one_of(
         st.lists(st.tuples(config_keys, toml_value), max_size=4).map(

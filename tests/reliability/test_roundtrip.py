@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from mixchat.cli import app
 from mixchat.textsafe import scrub_surrogates
+from tests.examples import examples
 
 PIECES = [
     "[bold]", "[/bold]", "[/INST]", "[INST]", "</s>", "<s>", "[link=file:///etc/passwd]",
@@ -93,7 +94,7 @@ def _comparable(shown: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.e2e
 @settings(
-    max_examples=80,
+    max_examples=examples(80),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -18,6 +18,7 @@ from mixchat.prompt import prompt_messages
 from mixchat.recorder import ReplyRecorder
 from mixchat.store import ConversationStore
 from mixchat.turn import stream_reply
+from tests.examples import examples
 from tests.remote import hostile as h
 from tests.remote.hostile import HostileServer
 from tests.remote.talk import converse, engine_for, failure, finished, notices, text_of
@@ -282,7 +283,7 @@ SHAPED = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(SHAPED, st.sampled_from(["message", "error", ""]))
 def test_read_chunk_takes_any_json_and_yields_only_checked_values(data: object, event: str) -> None:
     view = read_chunk(data, event)

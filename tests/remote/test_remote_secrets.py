@@ -151,3 +151,45 @@ def test_the_command_never_prints_or_saves_the_key(
         assert KEY not in result.stdout + result.stderr
     saved = files_under(mixchat_home)
     assert b"[redacted]" in saved and KEY.encode() not in saved
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "warned"),
+    [
+        ("http://8.8.8.8:8000", True),  # a public address (never contacted: the warning is first)
+        ("http://api.example.com/v1", True),
+        ("http://[2606:4700::1111]:8000", True),
+        ("https://api.example.com/v1", False),
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8000", False),
+        ("http://10.1.2.3:8000", False),
+        ("http://192.168.1.20:8000", False),
+        ("http://[::1]:8000", False),
+        ("http://gpu-box:8000", False),  # one label: a machine on the user's own network
+        ("http://gpu-box.lan:8000", False),
+    ],
+)
+def test_plain_http_to_a_public_address_with_a_key_is_warned(
+    endpoint: str, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mixchat.engine.base import Notice
+    from mixchat.engine.remote import _private_transport
+
+    assert _private_transport(endpoint) is not warned
+    if not warned:
+        return
+    # The warning comes before any connection is tried.
+    monkeypatch.setenv("MIXCHAT_API_KEY", "sk-secret-value")
+    engine = engine_for(endpoint)
+    load = engine.load()
+    events = [next(load), next(load)]
+    engine.close()
+    (note,) = [e.message for e in events if isinstance(e, Notice)]
+    assert "unencrypted" in note and "use https" in note and "sk-secret-value" not in note
+
+
+def test_no_warning_for_a_local_server_or_without_a_key(
+    hostile: HostileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXCHAT_API_KEY", "sk-secret-value")
+    assert not [n for n in notices(converse(hostile.url)) if "unencrypted" in n]

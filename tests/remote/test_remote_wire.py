@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from mixchat.engine.redact import REDACTED, Redactor
 from mixchat.engine.remote_http import retry_after
 from mixchat.engine.remote_sse import EventTooLarge, SSEDecoder, SSEEvent
+from tests.examples import examples
 
 TEXT = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
@@ -28,7 +29,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.tuples(st.lists(TEXT, min_size=1, max_size=3), st.sampled_from(["", "error"])),
@@ -83,7 +84,7 @@ def test_an_unfinished_last_line_is_dropped_and_foreign_lines_are_noted() -> Non
 SECRET = "sk-0123456789abcdef"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.sampled_from(["sk-", "0123", "456789", "abcdef", "sk", " ", "x", SECRET, "s"]),

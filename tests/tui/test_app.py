@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Input, Markdown, OptionList
 
-from mixchat.config import read_toml
+from mixchat.config import Settings, read_toml
 from mixchat.conversation import Message, Role, Status
 from mixchat.engine.base import EngineError
 from mixchat.engine.scripted import ScriptedEngine
@@ -482,17 +484,75 @@ async def test_settings_modal_saves_per_conversation(
         assert system == "You are terse." and params.max_new_tokens == 77
 
 
-async def test_copy_answer_and_code_block(make_app: AppFactory, engine: ScriptedEngine) -> None:
-    engine.queue("Run this:\n\n```sh\necho hi\n```\n")
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
+async def _copied(pilot: Pilot[None], app: MixchatApp, count: int) -> list[str]:
+    """The copy notifications, once ``count`` have arrived (copies run on a thread)."""
+    for _ in range(200):
+        notes = [n.message for n in app._notifications if "opied" in n.message]
+        if len(notes) >= count:
+            return notes
+        await pilot.pause(0.02)
+    raise AssertionError([n.message for n in app._notifications])
+
+
+async def test_copy_answer_and_code_block_through_the_terminal(
+    make_app: AppFactory, engine: ScriptedEngine
+) -> None:
+    engine.queue("Run this:\n\n~~~sh\necho hi\n```\n~~~\n")  # the parser of ask --extract
+    app = make_app(settings=Settings(model="m", clipboard="osc52"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await ready(pilot)
         await type_and_send(pilot, "how?")
         await wait_reply(pilot)
         await pilot.press("f4")
-        assert app.clipboard == "echo hi\n"
+        assert (await _copied(pilot, app, 1))[-1].startswith("Copied the last code block (OSC")
+        assert app.clipboard == "echo hi\n```\n"
         await pilot.press("f3")
+        await _copied(pilot, app, 2)
         assert app.clipboard.startswith("Run this:")
+
+
+async def test_copy_with_a_clipboard_tool(
+    make_app: AppFactory,
+    engine: ScriptedEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``clipboard = "system"``: a tool found on PATH gets the text on stdin; the app says
+    which tool copied, and the terminal's clipboard is left alone."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    got = tmp_path / "copied"
+    tool = bin_dir / "xclip"
+    tool.write_text(f"#!/bin/sh\ncat > {got}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    engine.queue("The answer [bold]x[/bold]")
+    app = make_app(settings=Settings(model="m", clipboard="system"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        await type_and_send(pilot, "q")
+        await wait_reply(pilot)
+        await pilot.press("f3")
+        assert (await _copied(pilot, app, 1))[-1] == "Copied the last answer with xclip."
+        assert got.read_text() == "The answer [bold]x[/bold]"
+        assert app.clipboard == ""
+
+
+async def test_copy_with_no_way_to_copy_says_nothing_was_copied(
+    make_app: AppFactory, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    engine.queue("an answer")
+    app = make_app(settings=Settings(model="m", clipboard="system"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        await type_and_send(pilot, "q")
+        await wait_reply(pilot)
+        await pilot.press("f3")
+        (note,) = await _copied(pilot, app, 1)
+        assert note.startswith("Nothing was copied") and app.clipboard == ""
 
 
 async def test_help_screen_lists_keys(make_app: AppFactory) -> None:

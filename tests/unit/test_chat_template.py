@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from mixchat.conversation import Message, Role, Status
 from mixchat.prompt import PromptTokens, build_chat_template_prompt
 from mixchat.testing.models import MIXTRAL_CHAT_TEMPLATE, v1_tokenizer_path
+from tests.examples import examples
 
 transformers = pytest.importorskip("transformers")
 
@@ -372,7 +373,7 @@ def conversations(draw: st.DrawFn) -> list[Message]:
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 @settings(
-    max_examples=120,
+    max_examples=examples(120),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

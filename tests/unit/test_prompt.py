@@ -32,6 +32,7 @@ from mixchat.prompt import (
     prompt_messages,
     scrub_surrogates,
 )
+from tests.examples import examples
 
 V1_MODEL = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 BOS, EOS = 1, 2
@@ -124,13 +125,14 @@ def reference_view(messages: Sequence[Message]) -> list[Message]:
 # -- equality with mistral-common ------------------------------------------------------------
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=examples(2000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=alternating(), system=systems)
 def test_matches_mistral_common(messages: list[Message], system: str | None) -> None:
     assert v1(messages, system).ids == ref_ids(messages, system)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(messages=free_form(), system=systems)
 def test_matches_mistral_common_free_form(messages: list[Message], system: str | None) -> None:
     # An ERROR last user message leaves an assistant message last: that reply is continued.
@@ -148,7 +150,7 @@ def continuations(draw: st.DrawFn) -> list[Message]:
     ]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(messages=continuations(), system=systems)
 def test_continuation_matches_mistral_common_prefix(
     messages: list[Message], system: str | None
@@ -377,7 +379,7 @@ decoder_texts = st.lists(
 chunk_sizes = st.lists(st.integers(1, 4), max_size=5)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(text=decoder_texts, sizes=chunk_sizes)
 def test_incremental_decoder_text(text: str, sizes: list[int]) -> None:
     ids = sp().encode(text)
@@ -389,7 +391,7 @@ def test_incremental_decoder_text(text: str, sizes: list[int]) -> None:
             assert chunks[-1] == ""  # valid text is emitted as soon as it is complete
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     ids=st.lists(st.one_of(st.integers(0, 31999), st.integers(0, 300)), max_size=40),
     sizes=chunk_sizes,

@@ -21,6 +21,7 @@ from mixchat.searchrank import (
     normalize,
     snippet,
 )
+from tests.examples import examples
 
 S, E = "\x02", "\x03"
 
@@ -120,7 +121,7 @@ def fts5_highlight(text: str, query: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(VOCABULARY), st.sampled_from(SEPARATORS)), max_size=30),
     st.lists(st.tuples(st.sampled_from(["tea", "cafe", "naive", "kettle", "x2"]), st.booleans()),

@@ -32,6 +32,7 @@ from mixchat.store import (
     StoreError,
     _error,
 )
+from tests.examples import examples
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +100,7 @@ def test_round_trip(store: ConversationStore) -> None:
     )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(contents=st.lists(st.text(), min_size=1, max_size=4))
 def test_content_round_trips_exactly(
     tmp_path_factory: pytest.TempPathFactory, contents: list[str]
@@ -332,7 +333,7 @@ def test_search_never_raises_on_hostile_input(store: ConversationStore) -> None:
     conv = new_conv(store)
     store.append_message(conv.id, Message(Role.USER, 'word AND "quoted" (paren) NEAR col:on é 🙂'))
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=examples(300), deadline=None)
     @given(query=hostile)
     def check(query: str) -> None:
         hits = store.search(query)
@@ -383,7 +384,7 @@ def test_search_matches_oracle(store: ConversationStore) -> None:
             if all(any(matches(w, t, p) for w in words) for t, p in zip(terms, prefix, strict=True))
         }
 
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=examples(150), deadline=None)
     @given(
         terms=st.lists(st.sampled_from(prefixes), min_size=1, max_size=3),
         starred=st.lists(st.booleans(), min_size=3, max_size=3),

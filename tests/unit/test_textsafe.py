@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixchat.textsafe import neutralize, scrub_surrogates
+from tests.examples import examples
 
 
 def control_chars(text: str) -> set[str]:
@@ -73,7 +74,7 @@ def test_empty_string() -> None:
 any_text = st.text(alphabet=st.characters(codec=None, categories=None))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(any_text)
 def test_output_has_no_controls_and_is_utf8(text: str) -> None:
     out = neutralize(text)
@@ -81,13 +82,13 @@ def test_output_has_no_controls_and_is_utf8(text: str) -> None:
     out.encode("utf-8")  # raises on a lone surrogate
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(alphabet=st.characters(codec=None, exclude_categories=["Cc", "Cs"])))
 def test_text_without_controls_is_unchanged(text: str) -> None:
     assert neutralize(text) == text
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(any_text)
 def test_neutralize_keeps_newlines_and_tabs_and_is_idempotent(text: str) -> None:
     out = neutralize(text)
@@ -96,7 +97,7 @@ def test_neutralize_keeps_newlines_and_tabs_and_is_idempotent(text: str) -> None
     assert neutralize(out) == out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(any_text)
 def test_scrub_surrogates_output_is_utf8_and_same_length(text: str) -> None:
     out = scrub_surrogates(text)
@@ -112,7 +113,7 @@ def test_for_terminal_also_defuses_bidi_overrides() -> None:
     assert neutralize("a\u202eb") == "a\u202eb"  # the app's own rendering decides for itself
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.text())
 def test_safe_json_is_exact_and_inert(text: str) -> None:
     import json

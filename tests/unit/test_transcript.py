@@ -24,6 +24,7 @@ from mixchat.transcript import (
     to_markdown,
     to_text,
 )
+from tests.examples import examples
 
 HOSTILE = [
     "[bold]",
@@ -112,7 +113,7 @@ def without_ids(msgs: list[Message]) -> list[Message]:
 # -- JSON round trip ------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(conversations)
 def test_json_round_trip_is_loss_free(conv: Conversation) -> None:
     back = through_json_text(conv)
@@ -126,7 +127,7 @@ def test_json_round_trip_is_loss_free(conv: Conversation) -> None:
     assert back.title == conv.title
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(conversations)
 def test_json_round_trip_with_ascii_escapes(conv: Conversation) -> None:
     assert from_json(json.loads(json.dumps(to_json(conv)))) == conv
@@ -188,7 +189,7 @@ def test_message_created_at_zero_survives_round_trip() -> None:
 
 
 @settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -440,7 +441,7 @@ def test_untitled_and_no_system_prompt() -> None:
     assert "model ?" in text
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(conversations)
 def test_renderings_contain_all_content(conv: Conversation) -> None:
     md, text = to_markdown(conv), to_text(conv)

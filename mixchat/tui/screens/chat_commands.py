@@ -23,8 +23,6 @@ from mixchat.tui.screens.modals import ConfirmScreen, RenameScreen, SettingsScre
 if TYPE_CHECKING:
     from mixchat.tui.screens.chat import ChatScreen
 
-CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
 
 class ChatCommands:
     """Settings, rename, delete, export and copy for a ``ChatScreen``."""
@@ -130,19 +128,19 @@ class ChatCommands:
         return answers[-1].content if answers else None
 
     def copy_answer(self) -> None:
-        """Copy the last answer to the clipboard (OSC 52)."""
+        """Copy the last answer to the clipboard (as the ``clipboard`` setting says)."""
         answer = self._last_answer()
         if not answer:
             self.screen.notify("No answer to copy yet.", severity="warning")
             return
-        self.screen.app.copy_to_clipboard(answer)
-        self.screen.notify("Copied the last answer.")
+        self.screen.app.copy_text(answer, "the last answer")  # type: ignore[attr-defined]
 
     def copy_code(self) -> None:
-        """Copy the last code block of the last answer."""
-        blocks = CODE_BLOCK.findall(self._last_answer() or "")
+        """Copy the last code block of the last answer (the parser ``ask --extract`` uses)."""
+        from mixchat.codeblocks import code_blocks
+
+        blocks = code_blocks(self._last_answer() or "")
         if not blocks:
             self.screen.notify("The last answer has no code block.", severity="warning")
             return
-        self.screen.app.copy_to_clipboard(blocks[-1])
-        self.screen.notify("Copied the last code block.")
+        self.screen.app.copy_text(blocks[-1].code, "the last code block")  # type: ignore[attr-defined]
