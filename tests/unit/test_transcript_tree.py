@@ -170,6 +170,7 @@ def test_a_nesting_bomb_in_branches_is_refused() -> None:
         parse_json(bomb)
 
 
+@pytest.mark.slow
 def test_a_very_deep_branch_imports_without_recursion(store: ConversationStore) -> None:
     """A chain 20,000 messages deep off the shown path: no recursion limit is hit on the
     way in, out or when switching to it."""
