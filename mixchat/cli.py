@@ -226,15 +226,29 @@ def search(
 @handle_errors
 def export(
     conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="md | json.")] = "md",
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="md | json (default md; json with --all-branches)."),
+    ] = None,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="File to write ('-o -': stdout).")
     ] = None,
+    all_branches: Annotated[
+        bool,
+        typer.Option(
+            "--all-branches", help="JSON of the whole tree: older answers, edited questions."
+        ),
+    ] = False,
 ) -> None:
     """Export a conversation as Markdown or JSON (OpenAI-style messages + metadata)."""
     from mixchat.commands.history import export_conversation
 
-    export_conversation(conversation_id, fmt=fmt, output=None if output == "-" else output)
+    export_conversation(
+        conversation_id,
+        fmt=fmt,
+        output=None if output == "-" else output,
+        all_branches=all_branches,
+    )
 
 
 @app.command("import")
@@ -244,6 +258,23 @@ def import_(file: Annotated[Path, typer.Argument(help="A JSON export ('-' for st
     from mixchat.commands.history import import_conversation
 
     import_conversation(file)
+
+
+@app.command()
+@handle_errors
+def fork(
+    conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
+    at: Annotated[
+        int | None,
+        typer.Option(
+            "--at", metavar="N", parser=_ascii_int(1), help="Copy up to message N (from 1)."
+        ),
+    ] = None,
+) -> None:
+    """Copy a conversation (the path it shows, up to message N) into a new one."""
+    from mixchat.commands.history import fork_conversation
+
+    fork_conversation(conversation_id, at)
 
 
 @app.command()

@@ -55,11 +55,20 @@ class Message:
     # Why a reply ended, when known: "stop", or "length" (cut by the token limit).
     finish_reason: str | None = None
     attachments: list[Attachment] = field(default_factory=list)  # files in ``content``
+    # The message this one follows (answers, or comes after); None for a first message.
+    # Messages form a tree: a regenerated answer or an edited question is a sibling.
+    parent_id: int | None = None
 
 
 @dataclass
 class Conversation:
-    """A conversation and its messages (oldest first)."""
+    """A conversation and its messages (oldest first).
+
+    ``messages`` is the path the conversation shows, from a first message down to its last
+    (every caller reads a conversation as this straight line). ``branches`` holds the
+    messages off that path (older answers, earlier versions of an edited question), parents
+    before children; it is filled only where the whole tree is asked for.
+    """
 
     id: str
     title: str
@@ -69,6 +78,7 @@ class Conversation:
     system_prompt: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)
+    branches: list[Message] = field(default_factory=list)
 
 
 TITLE_MAX_CHARS = 60
@@ -92,3 +102,62 @@ def make_title(first_user_message: str, max_chars: int = TITLE_MAX_CHARS) -> str
     if " " in cut[max_chars // 2 :]:
         cut = cut[: cut.rfind(" ")]
     return cut.rstrip() + "…"
+
+
+class TreeError(ValueError):
+    """Messages that do not form a tree (see ``tree_order``)."""
+
+
+def tree_order(conv: Conversation) -> list[Message]:
+    """Every message of ``conv`` (its path, then its branches) in an order to store them in:
+    each after its parent, and otherwise by id, so siblings keep their order.
+
+    Without ids (an older export, a plain message list) the path is a straight line and there
+    are no branches. With ids, every message needs a distinct one, a parent among them (or
+    none: a first message), and the path must run from a first message, each message the
+    parent of the next. Raises ``TreeError`` saying what is wrong.
+    """
+    path, branches = conv.messages, conv.branches
+    everything = [*path, *branches]
+    if all(m.id is None for m in everything):
+        if branches:
+            raise TreeError("branches need message ids and parent ids")
+        return list(path)
+    ids: set[int] = set()
+    for index, message in enumerate(everything):
+        if message.id is None:
+            raise TreeError(f"message {index} has no id while others have one")
+        if message.id in ids:
+            raise TreeError(f"message id {message.id} is used twice")
+        ids.add(message.id)
+    for before, message in zip([None, *path], path, strict=False):
+        expected = None if before is None else before.id
+        if message.parent_id != expected:
+            raise TreeError(
+                f"the shown path is broken at message id {message.id}: its parent is"
+                f" {message.parent_id}, the message before it is {expected}"
+            )
+    for message in branches:
+        if message.parent_id is not None and message.parent_id not in ids:
+            raise TreeError(f"message id {message.id} has an unknown parent {message.parent_id}")
+    return _parents_first(everything)
+
+
+def _parents_first(messages: list[Message]) -> list[Message]:
+    """``messages`` with each after its parent, smallest id first among those ready."""
+    import heapq
+
+    children: dict[int | None, list[Message]] = {}
+    for message in messages:
+        children.setdefault(message.parent_id, []).append(message)
+    ready = [(m.id, i, m) for i, m in enumerate(children.get(None, []))]
+    heapq.heapify(ready)
+    ordered: list[Message] = []
+    while ready:
+        _, _, message = heapq.heappop(ready)
+        ordered.append(message)
+        for child in children.get(message.id, []):
+            heapq.heappush(ready, (child.id, len(ordered) + len(ready), child))
+    if len(ordered) < len(messages):
+        raise TreeError("some messages are their own ancestors (their parents form a cycle)")
+    return ordered

@@ -188,9 +188,12 @@ class ReplyRecorder:
         store: ConversationStore | None,
         conversation_id: str | None,
         continuing: Message | None = None,
+        answering: int | None = None,
     ) -> None:
-        """A new reply row in ``conversation_id``; or, with ``continuing`` (a saved reply),
-        that reply goes on: its text is kept and what streams is added to it."""
+        """A new reply row in ``conversation_id``, at the end of its shown path (or below
+        message ``answering``: a question answered again, beside its earlier answers); or,
+        with ``continuing`` (a saved reply), that reply goes on: its text is kept and what
+        streams is added to it."""
         self._store = store
         self.outcome = TurnOutcome()
         self._parts: list[str] = [continuing.content] if continuing is not None else []
@@ -200,6 +203,8 @@ class ReplyRecorder:
         if store is not None and conversation_id is not None:
             if continuing is not None and continuing.id is not None:
                 message_id = store.reopen_reply(continuing.id, conversation_id).id
+            elif answering is not None:
+                message_id = store.start_reply(conversation_id, parent_id=answering).id
             else:
                 message_id = store.start_reply(conversation_id).id
             assert message_id is not None

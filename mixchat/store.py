@@ -40,8 +40,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from mixchat import dbfile, paths
-from mixchat.conversation import Attachment, Conversation, Message, Role, Status, make_title
+from mixchat import dbfile, paths, storetree
+from mixchat.conversation import (
+    Attachment,
+    Conversation,
+    Message,
+    Role,
+    Status,
+    TreeError,
+    make_title,
+    tree_order,
+)
 from mixchat.searchrank import (
     EXCERPT_SCAN_CHARS,
     MatchReader,
@@ -93,7 +102,7 @@ class ConversationSummary:
     created_at: float
     updated_at: float
     model: str
-    message_count: int
+    message_count: int  # messages on the shown path (what `show` prints)
     preset: str | None = None  # the preset it was started with (or had applied last)
 
 
@@ -106,6 +115,9 @@ class SearchHit:
     message_id: int
     role: Role
     snippet: str
+    # False when the message is on a branch the conversation does not show (an older
+    # answer, an earlier version of an edited question): ``switch_to`` shows it.
+    shown: bool = True
 
 
 class _Unset(enum.Enum):
@@ -223,6 +235,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_2,
     _migration_finish_reason,
     _migration_attachments,
+    storetree.migrate,  # messages form a tree (branches instead of deletions)
 ]
 
 
@@ -365,7 +378,43 @@ def _message(row: sqlite3.Row) -> Message:
         created_at=row["created_at"],
         finish_reason=row["finish_reason"],
         attachments=_attachments(row["attachments"]),
+        parent_id=row["parent_id"],
     )
+
+
+def _shown(conn: sqlite3.Connection, conv_id: str, asked: str) -> Conversation:
+    """The conversation ``conv_id`` with its shown path (in a read transaction)."""
+    row = conn.execute("SELECT * FROM conversations WHERE id = ?", (conv_id,)).fetchone()
+    if row is None:  # deleted by another process meanwhile
+        raise NotFoundError(f"no conversation with id {asked!r}")
+    rows = storetree.path_rows(conn, storetree.head(conn, conv_id))
+    return Conversation(
+        id=row["id"],
+        title=row["title"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        model=row["model"],
+        system_prompt=row["system_prompt"],
+        settings=json.loads(row["settings"]),
+        messages=[_message(r) for r in rows],
+    )
+
+
+def _parent_of(conn: sqlite3.Connection, message_id: int) -> int | None:
+    row = conn.execute("SELECT parent_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no message with id {message_id}")
+    return None if row[0] is None else int(row[0])
+
+
+def _conversation_of(conn: sqlite3.Connection, message_id: int) -> str:
+    """The id of the conversation holding ``message_id``."""
+    row = conn.execute(
+        "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no message with id {message_id}")
+    return str(row[0])
 
 
 class ConversationStore:
@@ -572,25 +621,26 @@ class ConversationStore:
 
     @_guarded
     def get_conversation(self, id_or_prefix: str) -> Conversation:
-        """The conversation with its messages, oldest first."""
+        """The conversation with the messages of the path it shows, oldest first (the whole
+        conversation when it has no branches)."""
         conv_id = self.resolve_id(id_or_prefix)
         with self._read() as conn:
-            row = conn.execute("SELECT * FROM conversations WHERE id = ?", (conv_id,)).fetchone()
+            return _shown(conn, conv_id, id_or_prefix)
+
+    @_guarded
+    def get_tree(self, id_or_prefix: str) -> Conversation:
+        """The conversation with every branch: ``messages`` is the shown path, ``branches``
+        every other message (parents before children, oldest first); ``parent_id`` links
+        them."""
+        conv_id = self.resolve_id(id_or_prefix)
+        with self._read() as conn:
+            conv = _shown(conn, conv_id, id_or_prefix)
+            shown = {m.id for m in conv.messages}
             rows = conn.execute(
-                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY position", (conv_id,)
+                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conv_id,)
             ).fetchall()
-        if row is None:  # deleted by another process meanwhile
-            raise NotFoundError(f"no conversation with id {id_or_prefix!r}")
-        return Conversation(
-            id=row["id"],
-            title=row["title"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            model=row["model"],
-            system_prompt=row["system_prompt"],
-            settings=json.loads(row["settings"]),
-            messages=[_message(r) for r in rows],
-        )
+        conv.branches = [_message(r) for r in rows if r["id"] not in shown]
+        return conv
 
     @_guarded
     def list_conversations(
@@ -658,43 +708,124 @@ class ConversationStore:
             # holds old page images. Best effort: other readers can delay it.
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    # -- branches -----------------------------------------------------------
+
     @_guarded
     def truncate_from(self, message_id: int) -> int:
-        """Delete a message and every later message of its conversation (regenerate,
-        edit and resend); returns how many were deleted."""
+        """Delete a message and everything below it (what followed it, on every branch);
+        returns how many messages were deleted. When the conversation showed a path through
+        it, it shows its parent's most recently shown remaining branch instead (or ends at
+        the parent)."""
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT conversation_id, position FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no message with id {message_id}")
-            cursor = conn.execute(
-                "DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
-                (row["conversation_id"], row["position"]),
-            )
+            conv_id = _conversation_of(conn, message_id)
+            count = self._delete_branch(conn, conv_id, message_id)
             conn.execute(
                 "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id = ?",
-                (*[time.time()] * 2, row["conversation_id"]),
+                (*[time.time()] * 2, conv_id),
             )
-            return int(cursor.rowcount)
+            return count
 
     @_guarded
     def replace_from(self, message_id: int, message: Message) -> Message:
-        """Delete a message and every later one of its conversation and append ``message``
-        in their place, in one transaction (an edited message resent: a crash leaves the
-        old turn or the new message, never neither). Sets and returns it with its id."""
+        """Delete a message and everything below it and put ``message`` in its place (the
+        same parent), shown, in one transaction: a crash leaves the old branch or the new
+        message, never neither. Sets and returns it with its id. (``add_sibling`` keeps the
+        old branch.)"""
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT conversation_id, position FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no message with id {message_id}")
-            conn.execute(
-                "DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
-                (row["conversation_id"], row["position"]),
-            )
-            self._append(conn, row["conversation_id"], message)
+            conv_id = _conversation_of(conn, message_id)
+            parent = _parent_of(conn, message_id)
+            self._delete_branch(conn, conv_id, message_id)
+            self._append(conn, conv_id, message, parent)
         return message
+
+    @staticmethod
+    def _delete_branch(conn: sqlite3.Connection, conv_id: str, message_id: int) -> int:
+        parent = _parent_of(conn, message_id)
+        head = storetree.head(conn, conv_id)
+        shown = head is not None and head in storetree.subtree_ids(conn, message_id)
+        count = storetree.delete_subtree(conn, message_id)
+        if shown:
+            storetree.set_head(
+                conn,
+                conv_id,
+                storetree.newest_leaf(conn, conv_id)
+                if parent is None
+                else storetree.leaf_below(conn, parent),
+            )
+        return count
+
+    @_guarded
+    def add_sibling(
+        self, message_id: int, message: Message, *, conversation_id: str | None = None
+    ) -> Message:
+        """Add ``message`` beside ``message_id`` (with the same parent) and show it: an
+        edited question resent, the earlier version and its answers kept as a branch. With
+        ``conversation_id``, ``message_id`` must belong to it. Sets and returns ``message``
+        with its id."""
+        with self._write() as conn:
+            conv_id = _conversation_of(conn, message_id)
+            if conversation_id is not None and conversation_id != conv_id:
+                raise NotFoundError(f"no message with id {message_id} in this conversation")
+            self._append(conn, conv_id, message, _parent_of(conn, message_id))
+        return message
+
+    @_guarded
+    def switch_to(self, message_id: int) -> Conversation:
+        """Show the path through ``message_id`` (a sibling, a search hit on another branch),
+        going on below it by the most recently shown (or newest) messages to a leaf; the
+        conversation counts as used now. Returns the conversation as it is now shown."""
+        with self._write() as conn:
+            conv_id = _conversation_of(conn, message_id)
+            storetree.set_head(conn, conv_id, storetree.leaf_below(conn, message_id))
+            return _shown(conn, conv_id, conv_id)
+
+    @_guarded
+    def siblings(self, message_id: int) -> list[Message]:
+        """``message_id`` and the other messages with its parent (the other answers to its
+        question, the other versions of an edited question), oldest first."""
+        with self._read() as conn:
+            rows = storetree.sibling_rows(conn, message_id)
+        if not rows:
+            raise NotFoundError(f"no message with id {message_id}")
+        return [_message(r) for r in rows]
+
+    @_guarded
+    def sibling_places(self, id_or_prefix: str) -> dict[int, tuple[int, int]]:
+        """For each message of the shown path that has siblings, its place among them (from
+        1, oldest first) and how many there are: ``{42: (2, 3)}`` shows as "2/3"."""
+        conv_id = self.resolve_id(id_or_prefix)
+        with self._read() as conn:
+            return storetree.sibling_places(conn, storetree.head(conn, conv_id))
+
+    @_guarded
+    def fork(self, message_id: int) -> Conversation:
+        """A new conversation holding copies of the path from a first message down to
+        ``message_id`` (any message, shown or not), with the same model, system prompt and
+        settings, titled after the original with " (fork)"; it counts as used now (``-c``
+        continues it). Copies keep ``rm`` of either conversation exact."""
+        now = time.time()
+        with self._write() as conn:
+            source = _shown(conn, _conversation_of(conn, message_id), str(message_id))
+            rows = storetree.path_rows(conn, message_id)
+            first = next((r for r in rows if r["role"] == Role.USER.value), None)
+            title = source.title or (make_title(first["content"]) if first else "")
+            conv = replace(
+                source,
+                id=uuid.uuid4().hex,
+                title=f"{title} (fork)".lstrip(),
+                created_at=now,
+                updated_at=now,
+                settings=dict(source.settings),
+                messages=[],
+            )
+            self._insert_conversation(conn, conv, used_at=now)
+            parent: int | None = None
+            for position, row in enumerate(rows):
+                copy = self._insert_message(conn, conv.id, position, _message(row), parent)
+                conv.messages.append(copy)
+                parent = copy.id
+            storetree.set_head(conn, conv.id, parent)
+        return conv
 
     @_guarded
     def data_version(self) -> int:
@@ -708,11 +839,19 @@ class ConversationStore:
     def import_conversation(self, conv: Conversation) -> Conversation:
         """Store a whole conversation; keeps its id if valid and free, else a new one.
 
-        Times later than this machine's clock (plus FUTURE_SKEW_S) become now, so an
-        import cannot claim the top of the list for years (and times before 1970 become
-        1970: no year -1199 either); the conversation is not
-        "used" here until it is opened or continued (see ``last_conversation_id``).
+        ``conv.messages`` is the path to show; ``conv.branches`` (optional) the rest of its
+        tree, linked by ``id``/``parent_id`` (see ``tree_order``; without ids the messages
+        are a straight line). Returns it with the new ids. Times later than this machine's
+        clock (plus FUTURE_SKEW_S) become now, so an import cannot claim the top of the list
+        for years (and times before 1970 become 1970: no year -1199 either); the
+        conversation is not "used" here until it is opened or continued (see
+        ``last_conversation_id``).
         """
+        try:
+            order = tree_order(conv)
+        except TreeError as exc:
+            raise StoreError(f"cannot import the conversation: {exc}") from None
+        on_path = {id(m) for m in conv.messages}
         with self._write() as conn:
             conv_id = conv.id.lower()
             taken = conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conv_id,))
@@ -733,29 +872,51 @@ class ConversationStore:
                 title=title,
                 settings=dict(conv.settings),
                 messages=[],
+                branches=[],
                 created_at=clamp(conv.created_at),
                 updated_at=clamp(conv.updated_at),
             )
             # Not used here yet: `-c` goes on with what the user last used, not with
             # whatever an imported file says is newest.
             self._insert_conversation(conn, stored, used_at=None)
-            for position, message in enumerate(conv.messages):
-                message = replace(message, created_at=clamp(message.created_at))
-                stored.messages.append(self._insert_message(conn, conv_id, position, message))
+            new_ids: dict[int, int] = {}  # the file's ids -> ours
+            depth: dict[int | None, int] = {None: -1}
+            last: int | None = None  # without ids: the path's message before
+            for message in order:  # parents first, so the path stays in its order
+                if message.id is None:
+                    parent = last
+                else:
+                    parent = None if message.parent_id is None else new_ids[message.parent_id]
+                dated = replace(message, created_at=clamp(message.created_at))
+                saved = self._insert_message(conn, conv_id, depth[parent] + 1, dated, parent)
+                assert saved.id is not None
+                depth[saved.id] = depth[parent] + 1
+                if message.id is not None:
+                    new_ids[message.id] = saved.id
+                last = saved.id
+                (stored.messages if id(message) in on_path else stored.branches).append(saved)
+            storetree.set_head(
+                conn, conv_id, stored.messages[-1].id if stored.messages else None, used=False
+            )
         return stored
 
     # -- messages -----------------------------------------------------------
 
     @staticmethod
     def _insert_message(
-        conn: sqlite3.Connection, conv_id: str, position: int, m: Message
+        conn: sqlite3.Connection,
+        conv_id: str,
+        position: int,
+        m: Message,
+        parent_id: int | None,
     ) -> Message:
         role, status = Role(m.role), Status(m.status)
         stats = (m.prompt_tokens, m.completion_tokens, m.ttft_s, m.duration_s)
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, status,"
             " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at,"
-            " finish_reason, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " finish_reason, attachments, parent_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv_id,
                 position,
@@ -766,42 +927,64 @@ class ConversationStore:
                 *[m.created_at] * 2,
                 m.finish_reason,
                 _attachments_json(m.attachments),
+                parent_id,
             ),
         )
-        return replace(m, id=cur.lastrowid, role=role, status=status)
+        return replace(m, id=cur.lastrowid, role=role, status=status, parent_id=parent_id)
 
     @_guarded
-    def append_message(self, conversation_id: str, message: Message) -> Message:
-        """Append and commit ``message``; sets and returns it with its id.
+    def append_message(
+        self,
+        conversation_id: str,
+        message: Message,
+        *,
+        parent_id: int | _Unset | None = UNSET,
+    ) -> Message:
+        """Add and commit ``message`` at the end of the shown path (or below ``parent_id``;
+        None: as another first message) and show it; sets and returns it with its id.
 
         The first user message of an untitled conversation gives it its title.
         """
         conv_id = self.resolve_id(conversation_id)
         with self._write() as conn:
-            self._append(conn, conv_id, message)
+            self._append(conn, conv_id, message, parent_id)
         return message
 
     @classmethod
-    def _append(cls, conn: sqlite3.Connection, conv_id: str, message: Message) -> None:
-        position = conn.execute(
-            "SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?",
-            (conv_id,),
-        ).fetchone()[0]
-        message.id = cls._insert_message(conn, conv_id, position, message).id
-        conn.execute(
-            "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id = ?",
-            (*[time.time()] * 2, conv_id),
-        )
+    def _append(
+        cls,
+        conn: sqlite3.Connection,
+        conv_id: str,
+        message: Message,
+        parent: int | _Unset | None = UNSET,
+    ) -> None:
+        if isinstance(parent, _Unset):
+            parent = storetree.head(conn, conv_id)
+        position = 0
+        if parent is not None:
+            row = conn.execute(
+                "SELECT position FROM messages WHERE id = ? AND conversation_id = ?",
+                (parent, conv_id),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no message with id {parent} in this conversation")
+            position = int(row[0]) + 1
+        saved = cls._insert_message(conn, conv_id, position, message, parent)
+        message.id, message.parent_id = saved.id, parent
+        storetree.set_head(conn, conv_id, saved.id, updated=True)
         if message.role == Role.USER:
             conn.execute(
                 "UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
                 (scrub_surrogates(make_title(message.content)), conv_id),
             )
 
-    def start_reply(self, conversation_id: str) -> Message:
-        """Append an empty assistant reply marked INTERRUPTED until finished."""
+    def start_reply(
+        self, conversation_id: str, *, parent_id: int | _Unset | None = UNSET
+    ) -> Message:
+        """Add an empty assistant reply marked INTERRUPTED until finished, at the end of the
+        shown path (or below ``parent_id``: a question answered again), and show it."""
         reply = Message(role=Role.ASSISTANT, content="", status=Status.INTERRUPTED)
-        return self.append_message(conversation_id, reply)
+        return self.append_message(conversation_id, reply, parent_id=parent_id)
 
     @_guarded
     def reopen_reply(self, message_id: int, conversation_id: str) -> Message:
@@ -954,6 +1137,11 @@ class ConversationStore:
         # Every match is counted for ranking; only the ones shown are placed for a snippet.
         scores = bm25_scores([reader.read(text, place=False, **how) for text, how in marked])
         best = sorted(range(len(rows)), key=lambda i: (-scores[i], -rows[i][2]))[:limit]
+        found: dict[str, list[int]] = {}
+        for i in best:
+            found.setdefault(rows[i][0], []).append(rows[i][2])
+        with self._read() as conn:
+            away = storetree.off_path(conn, found)
         return [
             SearchHit(
                 rows[i][0],
@@ -963,6 +1151,7 @@ class ConversationStore:
                 " ".join(
                     snippet(reader.read(marked[i][0], **marked[i][1]), MARK_START, MARK_END).split()
                 ),
+                shown=rows[i][2] not in away,
             )
             for i in best
         ]

@@ -7,7 +7,15 @@ import math
 import time
 from typing import Any
 
-from mixchat.conversation import Attachment, Conversation, Message, Role, Status
+from mixchat.conversation import (
+    Attachment,
+    Conversation,
+    Message,
+    Role,
+    Status,
+    TreeError,
+    tree_order,
+)
 
 FORMAT_NAME = "mixchat.conversation"
 FORMAT_VERSION = 1
@@ -62,21 +70,37 @@ def conversation_header(conv: Conversation) -> dict[str, Any]:
     }
 
 
-def to_json(conv: Conversation) -> dict[str, Any]:
-    """OpenAI-style ``messages`` plus mixchat's metadata, loss-free for ``from_json``."""
+def _item(msg: Message, *, with_ids: bool) -> dict[str, Any]:
+    meta = message_meta(msg)
+    if with_ids:
+        meta = {"id": msg.id, "parent_id": msg.parent_id, **meta}
+    return {
+        "role": msg.role.value,
+        "content": msg.content,
+        "mixchat": {k: v for k, v in meta.items() if v not in (None, [])},
+    }
+
+
+def to_json(conv: Conversation, *, all_branches: bool = False) -> dict[str, Any]:
+    """OpenAI-style ``messages`` plus mixchat's metadata, loss-free for ``from_json``.
+
+    ``messages`` is the shown path. With ``all_branches`` every message also carries its
+    ``id`` and ``parent_id`` (absent: a first message), and ``branches`` lists the messages
+    off the shown path, parents first: the whole tree (``conv`` from ``get_tree``).
+    """
     messages: list[dict[str, Any]] = []
     if conv.system_prompt:
         messages.append({"role": "system", "content": conv.system_prompt})
-    for msg in conv.messages:
-        item: dict[str, Any] = {"role": msg.role.value, "content": msg.content}
-        item["mixchat"] = {k: v for k, v in message_meta(msg).items() if v not in (None, [])}
-        messages.append(item)
-    return {
+    messages += [_item(m, with_ids=all_branches) for m in conv.messages]
+    data: dict[str, Any] = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         **conversation_header(conv),
         "messages": messages,
     }
+    if all_branches:
+        data["branches"] = [_item(m, with_ids=True) for m in conv.branches]
+    return data
 
 
 def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -178,8 +202,10 @@ def from_json(data: Any) -> Conversation:
     """Read a conversation exported by ``to_json`` or a plain OpenAI ``messages`` list.
 
     Loss-free for what ``to_json`` writes; anything mixchat could not keep (a second
-    system message, say) is refused rather than dropped. Times are kept as they are:
-    the store brings those from the future back to its clock.
+    system message, say) is refused rather than dropped. A tree (``branches``, ids and
+    parent ids) must be one: no unknown or foreign parents, no cycles, no duplicate ids, a
+    shown path that runs from a first message. Times are kept as they are: the store
+    brings those from the future back to its clock.
     """
     now = time.time()
     if isinstance(data, list):
@@ -192,50 +218,22 @@ def from_json(data: Any) -> Conversation:
     system_prompt = _system_prompt(raw_messages, _field(data, "system_prompt", str, None))
     messages: list[Message] = []
     for index, item in enumerate(raw_messages):
-        if not isinstance(item, dict):
-            raise TranscriptError(f"message {index} is not an object")
-        role = item.get("role")
-        content = item.get("content")
-        if not isinstance(content, str):
-            raise TranscriptError(f"message {index}: 'content' must be a string")
-        if role == "system":
-            continue  # checked by _system_prompt
-        if role not in ("user", "assistant"):
-            raise TranscriptError(f"message {index}: unknown role {role!r}")
-        meta = item.get("mixchat") or {}
-        if not isinstance(meta, dict):
-            raise TranscriptError(f"message {index}: 'mixchat' must be an object")
-        try:
-            status = Status(meta.get("status", "complete"))
-        except ValueError:
-            raise TranscriptError(
-                f"message {index}: unknown status {meta.get('status')!r}"
-            ) from None
-        created = _opt_float(meta, "created_at", index)
-        finish_reason = meta.get("finish_reason")
-        if finish_reason not in (None, "stop", "length"):
-            raise TranscriptError(
-                f"message {index}: unknown finish_reason {finish_reason!r} (stop or length)"
-            )
-        attachments = _attachments(meta.get("attachments"), index)
-        messages.append(
-            Message(
-                role=Role(role),
-                content=content,
-                status=status,
-                prompt_tokens=_opt_int(meta, "prompt_tokens", index),
-                completion_tokens=_opt_int(meta, "completion_tokens", index),
-                ttft_s=_opt_float(meta, "ttft_s", index),
-                duration_s=_opt_float(meta, "duration_s", index),
-                created_at=now if created is None else created,
-                finish_reason=finish_reason,
-                attachments=attachments,
-            )
-        )
+        message = _read_message(item, f"message {index}", now)
+        if message is not None:
+            messages.append(message)
     if not messages:
         raise TranscriptError("the conversation has no messages")
+    raw_branches = data.get("branches", [])
+    if not isinstance(raw_branches, list):
+        raise TranscriptError("'branches' must be a list of messages")
+    branches: list[Message] = []
+    for index, item in enumerate(raw_branches):
+        message = _read_message(item, f"branch message {index}", now)
+        if message is None:
+            raise TranscriptError(f"branch message {index}: the system prompt has no branches")
+        branches.append(message)
     settings = _settings(data)
-    return Conversation(
+    conv = Conversation(
         id=str(_field(data, "id", str, "")),
         title=str(_field(data, "title", str, "")),
         created_at=_timestamp(_field(data, "created_at", (int, float), now), "created_at"),
@@ -244,50 +242,95 @@ def from_json(data: Any) -> Conversation:
         system_prompt=system_prompt,
         settings=settings,
         messages=messages,
+        branches=branches,
+    )
+    try:
+        tree_order(conv)
+    except TreeError as exc:
+        raise TranscriptError(f"not a tree of messages: {exc}") from None
+    return conv
+
+
+def _read_message(item: Any, where: str, now: float) -> Message | None:
+    """One message of an import (None for a system message)."""
+    if not isinstance(item, dict):
+        raise TranscriptError(f"{where} is not an object")
+    role = item.get("role")
+    content = item.get("content")
+    if not isinstance(content, str):
+        raise TranscriptError(f"{where}: 'content' must be a string")
+    if role == "system":
+        return None  # checked by _system_prompt
+    if role not in ("user", "assistant"):
+        raise TranscriptError(f"{where}: unknown role {role!r}")
+    meta = item.get("mixchat") or {}
+    if not isinstance(meta, dict):
+        raise TranscriptError(f"{where}: 'mixchat' must be an object")
+    try:
+        status = Status(meta.get("status", "complete"))
+    except ValueError:
+        raise TranscriptError(f"{where}: unknown status {meta.get('status')!r}") from None
+    created = _opt_float(meta, "created_at", where)
+    finish_reason = meta.get("finish_reason")
+    if finish_reason not in (None, "stop", "length"):
+        raise TranscriptError(f"{where}: unknown finish_reason {finish_reason!r} (stop or length)")
+    return Message(
+        role=Role(role),
+        content=content,
+        status=status,
+        prompt_tokens=_opt_int(meta, "prompt_tokens", where),
+        completion_tokens=_opt_int(meta, "completion_tokens", where),
+        ttft_s=_opt_float(meta, "ttft_s", where),
+        duration_s=_opt_float(meta, "duration_s", where),
+        created_at=now if created is None else created,
+        finish_reason=finish_reason,
+        attachments=_attachments(meta.get("attachments"), where),
+        id=_opt_int(meta, "id", where),
+        parent_id=_opt_int(meta, "parent_id", where),
     )
 
 
 _SHA256 = frozenset("0123456789abcdef")
 
 
-def _attachments(value: Any, index: int) -> list[Attachment]:
+def _attachments(value: Any, where: str) -> list[Attachment]:
     """A message's attached files as exported: [{name, size, sha256}]."""
     if value is None:
         return []
     if not isinstance(value, list):
-        raise TranscriptError(f"message {index}: attachments must be a list")
+        raise TranscriptError(f"{where}: attachments must be a list")
     found = []
     for item in value:
         if not isinstance(item, dict):
-            raise TranscriptError(f"message {index}: an attachment must be an object")
+            raise TranscriptError(f"{where}: an attachment must be an object")
         name, size, digest = item.get("name"), item.get("size"), item.get("sha256")
         if not isinstance(name, str):
-            raise TranscriptError(f"message {index}: an attachment's name must be a string")
+            raise TranscriptError(f"{where}: an attachment's name must be a string")
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_COUNT:
-            raise TranscriptError(f"message {index}: an attachment's size must be a whole number")
+            raise TranscriptError(f"{where}: an attachment's size must be a whole number")
         if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _SHA256:
-            raise TranscriptError(f"message {index}: an attachment's sha256 must be 64 hex digits")
+            raise TranscriptError(f"{where}: an attachment's sha256 must be 64 hex digits")
         found.append(Attachment(name, size, digest))
     return found
 
 
-def _opt_int(meta: dict[str, Any], key: str, index: int) -> int | None:
+def _opt_int(meta: dict[str, Any], key: str, where: str) -> int | None:
     value = meta.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise TranscriptError(f"message {index}: {key} must be a whole number >= 0")
+        raise TranscriptError(f"{where}: {key} must be a whole number >= 0")
     return value
 
 
-def _opt_float(meta: dict[str, Any], key: str, index: int) -> float | None:
+def _opt_float(meta: dict[str, Any], key: str, where: str) -> float | None:
     value = meta.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TranscriptError(f"message {index}: {key} must be a number")
+        raise TranscriptError(f"{where}: {key} must be a number")
     if not _in_range(value):
-        raise TranscriptError(f"message {index}: {key} is out of range (got {value!r})")
+        raise TranscriptError(f"{where}: {key} is out of range (got {value!r})")
     return float(value)
 
 

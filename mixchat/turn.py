@@ -11,10 +11,16 @@ Order of use: ``Turn(...)``; ``check_fits`` (optional); one of ``ask``, ``again`
 ``continue_reply``; ``start`` (creates the reply's row: call it where the store may be
 used); ``run`` (streams; may run on a worker thread); ``undo`` after a failure that left
 nothing asked.
+
+Nothing is deleted to regenerate or edit: messages form a tree (``storetree``). ``again``
+answers a question anew beside its earlier answers, ``ask(..., replacing=id)`` puts the new
+question beside the edited one; either way the conversation then shows the new branch and
+the old one stays, one step away (``ConversationStore.siblings``, ``switch_to``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -34,7 +40,7 @@ from mixchat.engine.base import (
 )
 from mixchat.prompt import PromptError, prompt_messages
 from mixchat.recorder import Ending, ReplyNotSaved, ReplyRecorder, TurnOutcome
-from mixchat.store import ConversationStore, StoreError
+from mixchat.store import ConversationStore, NotFoundError, StoreError
 
 __all__ = ["Ending", "FailureKind", "ReplyNotSaved", "Turn", "TurnOutcome", "stream_reply"]
 
@@ -63,6 +69,8 @@ class Turn:
         self.created = False  # ask() made the conversation
         self.question: Message | None = None  # what ask() committed
         self._continuing: Message | None = None
+        self._answering: int | None = None  # again(): the question answered anew
+        self._shown_before: int | None = None  # the last message shown before this turn
         self._extra: list[Message] = []  # the question when nothing is saved
         self.recorder: ReplyRecorder | None = None
 
@@ -86,10 +94,14 @@ class Turn:
         self, question: Message, *, replacing: int | None = None, title: str | None = None
     ) -> None:
         """Commit ``question``: a new conversation's first message (one transaction), the next
-        message, or (``replacing`` a message id) in place of that message and all after it.
-        ``title`` names a new conversation (default: from the question)."""
+        message, or (``replacing`` the id of a shown message: an edit) beside that message,
+        with its parent; the conversation then shows the new question, and the edited one
+        and everything after it stay as a branch. ``title`` names a new conversation
+        (default: from the question)."""
         self.question = question
         if self.store is None:
+            if replacing is not None:
+                self.conversation = self._shown_up_to(replacing, keep=False)
             self._extra = [question]
             return
         if self.conversation is None:
@@ -101,20 +113,33 @@ class Turn:
                 first_message=question,
             )
             self.created = True
-        elif replacing is not None:
-            self.store.replace_from(replacing, question)
         else:
-            self.store.append_message(self.conversation.id, question)
+            self._remember_shown()
+            if replacing is not None:
+                self.store.add_sibling(replacing, question, conversation_id=self.conversation.id)
+            else:
+                self.store.append_message(self.conversation.id, question)
         self._reload()
 
     def again(self, user_message: Message) -> None:
-        """Answer ``user_message`` again: everything after it is dropped (regenerate)."""
+        """Answer ``user_message`` (a shown message) anew (regenerate): the reply goes beside
+        its earlier answers, which stay as branches. Until ``start`` nothing is written; the
+        turn's conversation ends at ``user_message``, as its prompt will."""
+        self._remember_shown()
+        self.conversation = self._shown_up_to(user_message.id, keep=True)
+        self._answering = user_message.id
+
+    def _shown_up_to(self, message_id: int | None, *, keep: bool) -> Conversation:
+        """The open conversation as shown up to the message ``message_id`` (``keep``: with it)."""
         conv = self._open()
-        index = next(i for i, m in enumerate(conv.messages) if m.id == user_message.id)
-        later = conv.messages[index + 1 :]
-        if self.store is not None and later and later[0].id is not None:
-            self.store.truncate_from(later[0].id)
-            self._reload()
+        index = next((i for i, m in enumerate(conv.messages) if m.id == message_id), None)
+        if index is None:
+            raise PromptError("that message is not in the conversation as shown")
+        return replace(conv, messages=conv.messages[: index + 1 if keep else index])
+
+    def _remember_shown(self) -> None:
+        if self.conversation is not None and self.conversation.messages:
+            self._shown_before = self.conversation.messages[-1].id
 
     def continue_reply(self, reply: Message) -> None:
         """Go on with ``reply`` (the conversation's last message, an assistant one) where it
@@ -131,16 +156,27 @@ class Turn:
         self._continuing = reply
 
     def undo(self) -> None:
-        """Take back the question ``ask`` committed (it never reached the model): a new
-        conversation is deleted, an appended question and anything after it removed."""
-        if self.store is None or self.conversation is None or self.question is None:
+        """Take back what this turn added when it never reached the model, and show again
+        what was shown before: a new conversation is deleted; the question ``ask`` committed
+        (with the reply ``start`` began, if any), or the reply ``again`` began, is removed.
+        Earlier answers and edited questions are never touched."""
+        if self.store is None or self.conversation is None:
             return
         if self.created:
-            self.store.delete(self.conversation.id)
-            self.conversation = None
-        elif self.question.id is not None:
-            self.store.truncate_from(self.question.id)
+            if self.question is not None:
+                self.store.delete(self.conversation.id)
+                self.conversation, self.question = None, None
+            return
+        added = self.question.id if self.question is not None else None
+        if added is None and self._continuing is None and self.recorder is not None:
+            added = self.recorder.outcome.message_id  # the reply again() began
+        if added is not None:
+            with contextlib.suppress(NotFoundError):  # deleted elsewhere meanwhile
+                self.store.truncate_from(added)
+                if self._shown_before is not None:
+                    self.store.switch_to(self._shown_before)
         self.question = None
+        self._reload()
 
     # -- the reply -----------------------------------------------------------
 
@@ -149,7 +185,9 @@ class Turn:
         recorder; the prompt's messages are fixed now."""
         conv_id = self.conversation.id if self.conversation is not None else None
         store = self.store if conv_id is not None else None
-        self.recorder = ReplyRecorder(store, conv_id, continuing=self._continuing)
+        self.recorder = ReplyRecorder(
+            store, conv_id, continuing=self._continuing, answering=self._answering
+        )
         return self.recorder
 
     def run(

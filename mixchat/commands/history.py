@@ -1,4 +1,4 @@
-"""History commands: list, show, search, export, import, rename, rm, config.
+"""History commands: list, show, search, export, import, fork, rename, rm, config.
 
 Plain text output (no rich) keeps these fast; anything that came from a model
 or a user is neutralised before it reaches a terminal.
@@ -117,22 +117,34 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
         start, end = ("\x1b[1m", "\x1b[0m") if tty else ("", "")
         snippet = snippet.replace(MARK_START, start).replace(MARK_END, end)
         title = _one_line(for_terminal(hit.title) if tty else hit.title, 50)
-        lines.append(f"{hit.conversation_id[:SHORT_ID]}  {title}  [{hit.role.value}] {snippet}")
+        # A hit on a branch the conversation does not show (an older answer, say).
+        where = hit.role.value if hit.shown else f"{hit.role.value}, another branch"
+        lines.append(f"{hit.conversation_id[:SHORT_ID]}  {title}  [{where}] {snippet}")
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def export_conversation(conversation_id: str, fmt: str, output: str | None) -> None:
-    """Write a conversation as Markdown or JSON to ``output`` or stdout.
+def export_conversation(
+    conversation_id: str, fmt: str | None, output: str | None, *, all_branches: bool = False
+) -> None:
+    """Write a conversation (the path it shows) as Markdown or JSON to ``output`` or stdout;
+    with ``all_branches``, its whole tree as JSON (the default format then).
 
     ``output`` is written through ``safefile``: atomically, never through a planted link,
     a FIFO or ``/dev/stdout`` written in place, a new file private (0600).
     """
+    fmt = fmt or ("json" if all_branches else "md")
     if fmt not in ("md", "json"):
         raise TranscriptError(f"--format {fmt}: expected md or json")
+    if all_branches and fmt != "json":
+        raise TranscriptError("--all-branches: only with --format json (Markdown shows one path)")
     with ConversationStore.open(create=False) as store:
-        conv = store.get_conversation(conversation_id)
+        conv = (
+            store.get_tree(conversation_id)
+            if all_branches
+            else store.get_conversation(conversation_id)
+        )
     text = (
-        json.dumps(to_json(conv), ensure_ascii=False, indent=2) + "\n"
+        json.dumps(to_json(conv, all_branches=all_branches), ensure_ascii=False, indent=2) + "\n"
         if fmt == "json"
         else to_markdown(conv) + "\n"
     )
@@ -187,7 +199,10 @@ def import_conversation(file: Path) -> None:
         saved = store.import_conversation(conv)
     pairs = [(conv.created_at, saved.created_at), (conv.updated_at, saved.updated_at)]
     pairs += [
-        (a.created_at, b.created_at) for a, b in zip(conv.messages, saved.messages, strict=True)
+        (a.created_at, b.created_at)
+        for a, b in zip(
+            [*conv.messages, *conv.branches], [*saved.messages, *saved.branches], strict=True
+        )
     ]
     moved = sum(before != after for before, after in pairs)
     if moved:
@@ -197,6 +212,30 @@ def import_conversation(file: Path) -> None:
             file=sys.stderr,
         )
     print(saved.id)
+
+
+def fork_conversation(conversation_id: str, at: int | None) -> None:
+    """Copy a conversation's shown path (up to its message ``at``, counting from 1) into a
+    new conversation; prints the new id."""
+    with ConversationStore.open(create=False) as store:
+        conv = store.get_conversation(conversation_id)
+        if not conv.messages:
+            raise TranscriptError(f"{conv.id[:SHORT_ID]} has no messages to fork")
+        count = len(conv.messages)
+        if at is not None and not 1 <= at <= count:
+            raise TranscriptError(
+                f"--at {at}: {conv.id[:SHORT_ID]} shows {count} message"
+                f"{'s' if count > 1 else ''} (1 to {count})"
+            )
+        last = conv.messages[(at or count) - 1]
+        assert last.id is not None
+        fork = store.fork(last.id)
+    print(
+        f"forked {conv.id[:SHORT_ID]} ({len(fork.messages)} of {count} messages)"
+        f" to {fork.id[:SHORT_ID]}",
+        file=sys.stderr,
+    )
+    print(fork.id)
 
 
 def rename_conversation(conversation_id: str, title: str) -> None:

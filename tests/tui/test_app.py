@@ -119,7 +119,7 @@ async def test_escape_stops_and_keeps_partial(
         assert "stopped" in str(block.query_one(".status").render())
 
 
-async def test_regenerate_replaces_last_answer(
+async def test_regenerate_shows_a_new_answer_and_keeps_the_old_one(
     make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore
 ) -> None:
     engine.queue("first answer")
@@ -136,6 +136,10 @@ async def test_regenerate_replaces_last_answer(
         assert [b.source for b in screen.query(AssistantBlock)] == ["second answer"]
         assert len(engine.requests) == 2
         assert [m.content for m in engine.requests[1][0]] == ["Question"]
+        assert [m.content for m in store.siblings(conv.messages[-1].id)] == [  # type: ignore[arg-type]
+            "first answer",
+            "second answer",
+        ]
 
 
 async def test_edit_last_message_and_resend(
@@ -163,6 +167,12 @@ async def test_edit_last_message_and_resend(
         conv = only_conversation(store)
         assert [m.content for m in conv.messages] == ["What is 2+2?", "answer two"]
         assert len(screen.query(UserBlock)) == 1
+        (old, new) = store.siblings(conv.messages[0].id)  # type: ignore[arg-type]
+        assert (old.content, new.content) == ("Waht is 2+2", "What is 2+2?")
+        assert [m.content for m in store.switch_to(old.id).messages] == [  # type: ignore[arg-type]
+            "Waht is 2+2",
+            "answer one",
+        ]
 
 
 async def test_new_and_switch_conversations(

@@ -1,4 +1,5 @@
-"""Ctrl+L (edit the last message) and Ctrl+R (regenerate): nothing is lost on the way."""
+"""Ctrl+L (edit the last message) and Ctrl+R (regenerate): nothing is lost on the way; the
+edited question and the old answers stay in the conversation as branches."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def two_turns(store: ConversationStore) -> Conversation:
 
 def contents(store: ConversationStore, conv_id: str) -> list[str]:
     return [m.content for m in store.get_conversation(conv_id).messages]
+
+
+def siblings_of_last(store: ConversationStore, conv_id: str, back: int = 0) -> list[str]:
+    """The contents of the siblings of the shown path's message ``back`` from the end."""
+    shown = store.get_conversation(conv_id).messages
+    message_id = shown[-1 - back].id
+    assert message_id is not None
+    return [m.content for m in store.siblings(message_id)]
 
 
 def notes(app) -> list[str]:  # type: ignore[no-untyped-def]
@@ -101,7 +110,7 @@ async def test_quitting_during_an_edit_deletes_nothing(
     assert contents(store, conv.id) == before
 
 
-async def test_an_edit_sent_replaces_the_turn(
+async def test_an_edit_sent_becomes_a_branch_beside_the_old_turn(
     make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore
 ) -> None:
     conv = two_turns(store)
@@ -135,6 +144,18 @@ async def test_an_edit_sent_replaces_the_turn(
         ]
         assert not screen.query(f".{SUPERSEDED}") and not prompt.border_title
         assert prompt.text == "half-typed draft"  # what the box held before the edit
+        # the edited question and its answer are kept, one step away
+        assert siblings_of_last(store, conv.id, back=1) == [
+            "second\nquestion",
+            "second\nquestion again",
+        ]
+        old = store.siblings(store.get_conversation(conv.id).messages[-2].id)[0]  # type: ignore[arg-type]
+        assert [m.content for m in store.switch_to(old.id).messages] == [  # type: ignore[arg-type]
+            "first question",
+            "first answer",
+            "second\nquestion",
+            "second answer",
+        ]
 
 
 async def test_editing_an_unanswered_message(
@@ -154,6 +175,8 @@ async def test_editing_an_unanswered_message(
         await settle(pilot)
         assert contents(store, conv.id) == ["typo'd question", "echo: typo'd question"]
         assert len(screen.query(UserBlock)) == 1
+        # a first message edited: both versions are first messages of the conversation
+        assert siblings_of_last(store, conv.id, back=1) == ["typo'd qestion", "typo'd question"]
 
 
 async def test_edit_is_refused_while_generating_and_without_a_message(
@@ -237,7 +260,7 @@ async def test_regenerate_in_a_new_conversation_creates_nothing(
     ],
     ids=["empty-error-reply", "partial-error-reply", "answer-then-error"],
 )
-async def test_regenerate_replaces_everything_after_the_last_question(
+async def test_regenerate_answers_the_last_question_beside_what_followed_it(
     make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore, after: list[Message]
 ) -> None:
     conv_id = imported(store, Message(Role.USER, "the question"), *after)
@@ -252,6 +275,12 @@ async def test_regenerate_replaces_everything_after_the_last_question(
         assert [b.source for b in screen.query(".message")] == [  # type: ignore[attr-defined]
             "the question",
             "a fresh answer",
+        ]
+        # what followed the question stays, as the other branch
+        assert siblings_of_last(store, conv_id) == [after[0].content, "a fresh answer"]
+        tree = store.get_tree(conv_id)
+        assert [(m.content, m.status) for m in tree.branches] == [
+            (m.content, m.status) for m in after
         ]
 
 

@@ -70,7 +70,8 @@ asyncio.run(main())
 
 async def test_real_model_status_edit_and_regenerate(real_model: Path) -> None:
     """On a real instruct model (chat template): the context is counted on open and on send,
-    the speed shows, an abandoned edit keeps the turn, regenerate replaces only the answer."""
+    the speed shows, an abandoned edit keeps the turn, regenerate answers anew beside the old
+    answer."""
     from mixchat.conversation import Message
 
     store = ConversationStore.open()
@@ -126,4 +127,5 @@ async def test_real_model_status_edit_and_regenerate(real_model: Path) -> None:
         assert [m.content for m in again[:3]] == [m.content for m in saved.messages[:3]]
         assert len(again) == 4 and again[-1].status is Status.COMPLETE
         assert again[-1].content == answer.content  # greedy: the same answer
+        assert [m.id for m in store.siblings(again[-1].id)] == [answer.id, again[-1].id]  # type: ignore[arg-type]
     store.close()

@@ -167,7 +167,7 @@ def test_schema_1_databases_are_migrated(tmp_path: Path) -> None:
         assert store.get_conversation("b" * 32).messages[0].created_at <= time.time()
         assert len(store.search("kettle")) == 2
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
     assert conn.execute("SELECT sum(chars) FROM message_sizes").fetchone()[0] == 70_000
     used = dict(conn.execute("SELECT id, used_at FROM conversations").fetchall())
     assert used["a" * 32] == pytest.approx(now - 100) and used["b" * 32] <= time.time()

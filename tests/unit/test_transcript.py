@@ -107,7 +107,7 @@ def through_json_text(conv: Conversation) -> Conversation:
 
 
 def without_ids(msgs: list[Message]) -> list[Message]:
-    return [replace(m, id=None) for m in msgs]
+    return [replace(m, id=None, parent_id=None) for m in msgs]
 
 
 # -- JSON round trip ------------------------------------------------------------

@@ -28,6 +28,7 @@ from mixchat.engine.base import (
 )
 from mixchat.prompt import prompt_messages
 from mixchat.store import ConversationStore
+from mixchat.tui import branches
 from mixchat.tui.edit import LastMessageEdit, last_user_index
 from mixchat.tui.errors import notify_store_errors
 from mixchat.tui.messages import (
@@ -71,6 +72,8 @@ class ChatScreen(Screen[None]):
         Binding("f2", "rename", "Rename", show=False),
         Binding("f3", "copy_answer", "Copy answer", show=False),
         Binding("f4", "copy_code", "Copy code", show=False),
+        Binding("alt+left", "sibling(-1)", "Older branch", show=False),
+        Binding("alt+right", "sibling(1)", "Newer branch", show=False),
     ]
 
     def __init__(
@@ -332,6 +335,7 @@ class ChatScreen(Screen[None]):
                 if saved.id == outcome.message_id:
                     self.shown.settled(saved)
             await self.shown.follow(self.conversation.messages)  # and what came from elsewhere
+            branches.mark(self.store, self.conversation, self.chat)
         self.sidebar.reload()
         if self.exit_after_reply:
             self.app.exit()
@@ -385,6 +389,7 @@ class ChatScreen(Screen[None]):
         self.store.mark_used(conversation.id)  # `mixchat -c` / `ask -c` go on with it
         self.sidebar.current_id = conversation.id
         await self.shown.show(conversation.messages)
+        branches.mark(self.store, conversation, self.chat)
         last = conversation.messages[-1] if conversation.messages else None
         self.status.reset((last.prompt_tokens or 0) + (last.completion_tokens or 0) if last else 0)
         self.count_context()
@@ -423,6 +428,23 @@ class ChatScreen(Screen[None]):
         self.status.reset(self.status.context_used)
         self.count_context()  # without the dropped answer
         await self.start_reply(turn)
+
+    @notify_store_errors
+    async def action_sibling(self, by: int) -> None:
+        """Alt+Left/Right: show the previous or next sibling of the latest message with
+        siblings (another answer, another version of an edited question)."""
+        if self.generating:
+            self.notify(BUSY, severity="warning")
+            return
+        if self.conversation is None or self.edit.pending is not None:
+            return
+        shown = branches.step(self.store, self.conversation, by)
+        if shown is None:
+            return
+        self.conversation = shown
+        await self.shown.follow(shown.messages)
+        branches.mark(self.store, shown, self.chat)
+        self.count_context()
 
     @notify_store_errors
     async def action_continue_reply(self) -> None:

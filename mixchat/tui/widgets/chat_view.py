@@ -74,6 +74,14 @@ class UserBlock(Static):
             text.append("\n\n" + too_long_note(head, whole=""), style="italic")
         super().__init__(text, classes="message user")
         self.source = content
+        self._text = text
+
+    def set_branch(self, label: str) -> None:
+        """Show ``label`` ("2/3 ...": this version among the edited ones) under the text."""
+        text = self._text.copy()
+        if label:
+            text.append("\n" + label, style="dim")
+        self.update(text)
 
 
 class AssistantBlock(Vertical):
@@ -133,6 +141,14 @@ class AssistantBlock(Vertical):
             text = f"{text}: {note}" if text else note
         label.update(Text(neutralize(text)))
         label.display = bool(text)
+
+    def set_branch(self, label: str) -> None:
+        """Show ``label`` ("2/3 ...": this answer among its siblings) under the message."""
+        found = self.query(".branch")
+        if found:
+            found.first(Label).update(Text(label))
+        elif label:
+            self.mount(Label(Text(label), classes="branch"), before=self.query_one(".status"))
 
     async def append(self, text: str) -> None:
         """Stream more Markdown into the body (the caller coalesces deltas)."""
@@ -256,6 +272,13 @@ class ChatView(VerticalScroll):
         if messages:
             await self.mount_all([self._block(m) for m in messages])
             self.anchor()
+
+    def mark_branches(self, labels: dict[int, str]) -> None:
+        """Label the drawn messages by their index in the conversation ("2/3" on one with
+        siblings); every other drawn message loses a label it had."""
+        for offset, block in enumerate(self.query(".message")):
+            if isinstance(block, (UserBlock, AssistantBlock)):
+                block.set_branch(labels.get(len(self._hidden) + offset, ""))
 
     async def remove_last(self, count: int) -> None:
         """Drop the last ``count`` blocks (regenerate, edit)."""
