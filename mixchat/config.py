@@ -454,6 +454,8 @@ def _options() -> dict[str, Option]:
 OPTIONS: dict[str, Option] = _options()
 FIELDS = OPTIONS  # the name the rest of the code base has used for the table
 DEFAULTS = Settings()
+# Tables of config.toml that are not settings; each is read where it is used (read_table).
+TABLES = ("keymap",)
 
 # What a conversation keeps of its settings (its system prompt has a column of its own).
 CONVERSATION_KEYS = tuple(
@@ -511,6 +513,12 @@ def read_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     return data
+
+
+def read_table(name: str, config_path: Path | None = None) -> Any:
+    """The ``[name]`` table of ``config.toml`` as written, or None; it is checked by the
+    code that uses it (``[keymap]``: the app's keys, ``mixchat.tui.keymap``)."""
+    return read_toml(config_path or paths.config_file()).get(name)
 
 
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
@@ -581,7 +589,8 @@ def load_sources(
     """Read defaults, the TOML file and the environment; validate the flags (``None`` flags
     are unset). Every error names its source: the file, the variable or the flag."""
     path = config_path or paths.config_file()
-    settings = _apply(Settings(), read_toml(path), str(path))
+    values = {k: v for k, v in read_toml(path).items() if k not in TABLES}
+    settings = _apply(Settings(), values, str(path))
     env = os.environ if environ is None else environ
     for key, value in env_values(env).items():
         settings = _apply(settings, {key: value}, f"environment variable {OPTIONS[key].env}")

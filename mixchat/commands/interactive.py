@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from mixchat import paths
 from mixchat.commands.errors import fail
-from mixchat.config import Settings, load_sources, save_setting
+from mixchat.config import Settings, load_sources, read_table, save_setting
 
 
 def check_machine(settings: Settings) -> list[str]:
@@ -24,6 +25,9 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
     from mixchat.store import ConversationStore, NotFoundError
 
     sources = load_sources(flags)
+    from mixchat.tui.keymap import load_keymap  # the app's keys: a bad one exits 2 here
+
+    keymap = load_keymap(read_table("keymap"), str(paths.config_file()))
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         return fail('the interactive app needs a terminal; for scripts use: mixchat ask "..."')
     store = ConversationStore.open()
@@ -46,6 +50,7 @@ def run_interactive(flags: dict[str, Any], resume: str | None, continue_last: bo
             on_theme_saved=lambda name: save_setting("theme", name),
             flags=sources.flags,
             check_machine=check_machine,
+            keymap=keymap,
         )
         app.run()
         return int(app.return_code or 0)
