@@ -65,10 +65,14 @@ def timed(cmd: list[str], env: dict[str, str], repeat: int) -> float:
 
 
 def populate(home: Path, conversations: int, messages: int, seed: int = 0) -> None:
-    """Fill a store through its own schema (opened once by mixchat), in bulk."""
+    """Fill a store through its own schema (created by mixchat's store), in bulk."""
     env = {**os.environ, "MIXCHAT_HOME": str(home)}
-    subprocess.run(
-        [sys.executable, "-m", "mixchat", "list"],
+    subprocess.run(  # `mixchat list` creates nothing on an empty home
+        [
+            sys.executable,
+            "-c",
+            "from mixchat.store import ConversationStore as S; S.open().close()",
+        ],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from mixchat.commands.errors import handle_errors
-from mixchat.commands.flags import settings_flags
+from mixchat.commands.flags import OptionalValueCommand, settings_flags
 from mixchat.numbers import parse_int
 
 app = typer.Typer(
@@ -50,7 +50,39 @@ def _complete_id(incomplete: str) -> list[tuple[str, str]]:
     return complete_conversation_ids(incomplete)
 
 
+def _complete_preset(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of preset names (with their descriptions as help)."""
+    from mixchat.commands.presets import complete_presets
+
+    return complete_presets(incomplete)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        metavar="NAME",
+        help="System prompt and sampling from preset NAME (mixchat presets lists them).",
+        autocompletion=_complete_preset,
+    ),
+]
+
+
+def _extract_number(value: str | None) -> int | None:
+    """``--extract``'s N: a whole number other than 0 (negative: from the end)."""
+    if value is None:
+        return None
+    try:
+        number = parse_int(value)
+    except ValueError:
+        number = 0
+    if number == 0:
+        raise typer.BadParameter(
+            f"{value!r}: N counts code blocks from 1 (or from -1, the last)",
+            param_hint="'--extract'",
+        )
+    return number
 
 
 @app.callback(invoke_without_command=True)
@@ -72,6 +104,7 @@ def main_callback(
     continue_last: Annotated[
         bool, typer.Option("--continue", "-c", help="Open the last conversation.")
     ] = False,
+    preset: PresetOpt = None,
 ) -> None:
     """Chat with Mixtral-8x7B-Instruct on your own hardware.
 
@@ -81,10 +114,10 @@ def main_callback(
         return
     from mixchat.commands.interactive import run_interactive
 
-    raise typer.Exit(run_interactive(flags, resume, continue_last))
+    raise typer.Exit(run_interactive(flags, resume, continue_last, preset))
 
 
-@app.command()
+@app.command(cls=OptionalValueCommand)
 @handle_errors
 @settings_flags()
 def ask(
@@ -113,6 +146,21 @@ def ask(
             "--continue-reply", help="With -c or --conversation: go on with the last answer."
         ),
     ] = False,
+    files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--file", "-f", metavar="FILE", help="Put a text file into the message; repeatable."
+        ),
+    ] = None,
+    preset: PresetOpt = None,
+    extract: Annotated[
+        str | None,
+        typer.Option(
+            "--extract",
+            metavar="[N]",
+            help="Print only the reply's last code block (N: the Nth; -N from the end).",
+        ),
+    ] = None,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     from mixchat.commands.ask import AskRequest, run_ask
@@ -126,6 +174,9 @@ def ask(
         as_json=as_json,
         show_prompt=show_prompt,
         continue_reply=continue_reply,
+        files=list(files or []),
+        preset=preset,
+        extract=_extract_number(extract),
     )
     raise typer.Exit(run_ask(request))
 
@@ -176,12 +227,14 @@ def search(
 def export(
     conversation_id: Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_id)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="md | json.")] = "md",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File to write ('-o -': stdout).")
+    ] = None,
 ) -> None:
     """Export a conversation as Markdown or JSON (OpenAI-style messages + metadata)."""
     from mixchat.commands.history import export_conversation
 
-    export_conversation(conversation_id, fmt=fmt, output=output)
+    export_conversation(conversation_id, fmt=fmt, output=None if output == "-" else output)
 
 
 @app.command("import")
@@ -214,6 +267,15 @@ def rm(
     from mixchat.commands.history import remove_conversation
 
     remove_conversation(conversation_id)
+
+
+@app.command()
+@handle_errors
+def presets(as_json: JsonOpt = False) -> None:
+    """List the presets: name, where each is defined, its settings."""
+    from mixchat.commands.presets import list_presets
+
+    raise typer.Exit(list_presets(as_json=as_json))
 
 
 @app.command()

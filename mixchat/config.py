@@ -6,8 +6,9 @@ from that table: the typer options of ``ask``, the app and ``doctor`` (``mixchat
 ``GenerationParams``, the app's settings window, ``mixchat config``, and what a conversation
 keeps of its settings.
 
-Precedence, lowest first: defaults < ``config.toml`` < ``MIXCHAT_*`` environment < the
-conversation's own saved settings < flags given now (``SettingsSources.effective``).
+Precedence, lowest first: defaults < ``config.toml`` < ``MIXCHAT_*`` environment < a preset
+chosen now (``mixchat.presets``) < the conversation's own saved settings < flags given now
+(``SettingsSources.effective``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mixchat.numbers import parse_float, parse_int
 
 if TYPE_CHECKING:
     from mixchat.conversation import Conversation
+    from mixchat.presets import Preset
 
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ENV_PREFIX = "MIXCHAT_"
@@ -43,7 +45,7 @@ class Scope(enum.StrEnum):
 
     LOAD = "load"  # how the model is loaded or reached; fixed for a process
     CONVERSATION = "conversation"  # sampling and system prompt; kept with each conversation
-    APP = "app"  # the interactive app itself
+    APP = "app"  # the program itself: the app, the history commands, files put into a message
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ class Option:
     help: str | None = None  # shorter help for --help (default: doc)
     metavar: str = "TEXT"
     switches: tuple[Switch, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """A short name for a form ("Max new tokens"); ``doc`` says the rest."""
+        return self.name.replace("_", " ").capitalize()
 
     @property
     def env(self) -> str:
@@ -367,6 +374,15 @@ class Settings:
         _cpu_experts, L, flag="--cpu-experts",
         help="4bit/8bit Mixtral: keep the experts of N layers (or auto, or 24-31) in system RAM.",
     )  # fmt: skip
+    quant_cache: bool = _option(
+        True, "4bit/8bit Mixtral: keep the quantized weights in mixchat's cache directory so "
+        "the next start reads them instead of quantizing the checkpoint again (mixchat doctor "
+        "shows where and how much; delete that directory to clear it)", _boolean, L,
+        switches=(
+            Switch("--no-quant-cache", False, "Quantize anew; neither read nor keep the "
+                   "quantized weights in the cache."),
+        ),
+    )  # fmt: skip
     trust_remote_code: bool = _option(
         False, "run code shipped with the model (off by default)", _boolean, L,
         switches=(Switch("--trust-remote-code", True, "Run code shipped with the model."),),
@@ -402,6 +418,21 @@ class Settings:
         flag="--seed", help="Seed for reproducible sampling.", metavar="INTEGER",
     )  # fmt: skip
     theme: str = _option("mixchat-dark", "theme of the interactive app", _text, A)
+    # Limits on what `mixchat import` reads (a file, or endless stdin such as /dev/zero).
+    import_max_bytes: int = _option(
+        64 * 1024 * 1024,
+        "largest file (or stdin) `mixchat import` reads, in bytes (default 64 MiB)",
+        _integer(1), A, metavar="INTEGER",
+    )  # fmt: skip
+    clipboard: str = _option(
+        "auto", "how the app copies: auto (OSC 52 where the terminal is known to take it, "
+        "else wl-copy, xclip, xsel or pbcopy, else OSC 52), osc52 or system (a tool only)",
+        _choice("auto", "osc52", "system"), A,
+    )  # fmt: skip
+    max_file_bytes: int = _option(
+        1 << 20, "largest file that ask -f (or the app's attach) puts into a message, in bytes",
+        _integer(1, high=1 << 30), A, metavar="INTEGER",
+    )  # fmt: skip
     endpoint: str = _option(
         "", "URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp); empty runs locally",
         _endpoint, L, flag="--endpoint",
@@ -531,23 +562,38 @@ def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def conversation_settings(settings: Settings) -> dict[str, Any]:
-    """What a new conversation saves of ``settings`` (both front ends save the same keys)."""
-    return {key: getattr(settings, key) for key in CONVERSATION_KEYS}
+# The key of a conversation's saved settings that names the preset it was started with (or
+# had applied last); not a setting, so never read back as one.
+PRESET_KEY = "preset"
+PRESETS_TABLE = "presets"  # [presets.NAME] tables in config.toml
+
+
+def conversation_settings(settings: Settings, preset: Preset | None = None) -> dict[str, Any]:
+    """What a new conversation saves of ``settings`` (both front ends save the same keys),
+    and the name of the ``preset`` it was started with."""
+    saved: dict[str, Any] = {key: getattr(settings, key) for key in CONVERSATION_KEYS}
+    if preset is not None:
+        saved[PRESET_KEY] = preset.name
+    return saved
 
 
 @dataclass(frozen=True)
 class SettingsSources:
     """Settings from defaults, the config file and the environment (``base``), kept apart
-    from the flags given now, so that a conversation's saved settings can go between."""
+    from a preset and the flags given now, so that a conversation's saved settings can go
+    between."""
 
     base: Settings
     flags: Mapping[str, Any] = field(default_factory=dict)  # validated; only the given ones
+    preset: Preset | None = None  # chosen now (--preset, the app's picker); validated
 
     def effective(self, conversation: Conversation | None = None) -> Settings:
         """The settings in effect for ``conversation`` (None: a new one): defaults < config
-        < environment < the conversation's saved settings and system prompt < flags."""
+        < environment < the preset < the conversation's saved settings and system prompt
+        < flags."""
         settings = self.base
+        if self.preset is not None:
+            settings = replace(settings, **self.preset.values)
         if conversation is not None:
             saved = {k: v for k, v in conversation.settings.items() if k in CONVERSATION_KEYS}
             try:
@@ -566,12 +612,18 @@ class SettingsSources:
     def without_flags(self, names: Iterable[str]) -> SettingsSources:
         """The same sources minus the flags of ``names`` (a later choice replaced them)."""
         dropped = set(names)
-        return SettingsSources(self.base, {k: v for k, v in self.flags.items() if k not in dropped})
+        kept = {k: v for k, v in self.flags.items() if k not in dropped}
+        return replace(self, flags=kept)
 
     def with_flags(self, flags: Mapping[str, Any]) -> SettingsSources:
         """The same sources with more flags on top (validated; ``None`` values are unset)."""
         given = _validated_flags(flags)
-        return SettingsSources(self.base, {**self.flags, **given})
+        return replace(self, flags={**self.flags, **given})
+
+    def with_preset(self, preset: Preset | None) -> SettingsSources:
+        """The same sources with ``preset`` (None: none) between environment and the
+        conversation's saved settings."""
+        return replace(self, preset=preset)
 
 
 def _validated_flags(flags: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -589,8 +641,11 @@ def load_sources(
     """Read defaults, the TOML file and the environment; validate the flags (``None`` flags
     are unset). Every error names its source: the file, the variable or the flag."""
     path = config_path or paths.config_file()
-    values = {k: v for k, v in read_toml(path).items() if k not in TABLES}
-    settings = _apply(Settings(), values, str(path))
+    table = read_toml(path)
+    table.pop(PRESETS_TABLE, None)  # read (and checked) by mixchat.presets when one is used
+    for name in TABLES:  # read where they are used (read_table)
+        table.pop(name, None)
+    settings = _apply(Settings(), table, str(path))
     env = os.environ if environ is None else environ
     for key, value in env_values(env).items():
         settings = _apply(settings, {key: value}, f"environment variable {OPTIONS[key].env}")
@@ -610,15 +665,25 @@ def load_settings(
 def save_setting(key: str, value: str, path: Path | None = None) -> None:
     """Set one top-level string setting in ``config.toml``, keeping the rest of the file.
 
-    The file is rewritten atomically; an unreadable or invalid file is left alone
-    (``ConfigError``).
+    The file is replaced atomically through ``safefile`` (a link to it is followed, its
+    mode kept); an unreadable, invalid or non-regular file is left alone (``ConfigError``).
     """
     import json
     import re
+    import stat
+
+    from mixchat.safefile import WriteError, reason, write_text
 
     if key not in FIELDS:
         raise ConfigError(f"unknown setting {key!r}")
     target = path or paths.config_file()
+    try:
+        if not stat.S_ISREG(target.stat().st_mode):
+            raise ConfigError(f"{target}: not a regular file; left alone")
+    except FileNotFoundError:
+        pass  # a new file (or a dangling link, which write_text refuses)
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot read: {reason(exc)}") from None
     read_toml(target)  # refuse to edit a file we cannot parse
     try:
         text = target.read_text(encoding="utf-8")
@@ -630,7 +695,11 @@ def save_setting(key: str, value: str, path: Path | None = None) -> None:
     head = text[: table.start()] if table else text
     head = pattern.sub(lambda _: line, head, count=1) if pattern.search(head) else f"{line}\n{head}"
     new_text = head + (text[table.start() :] if table else "")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {target.parent}: {reason(exc)}") from None
+    try:
+        write_text(target, new_text)
+    except WriteError as exc:
+        raise ConfigError(str(exc)) from None

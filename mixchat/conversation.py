@@ -29,6 +29,16 @@ class Status(enum.StrEnum):
     ERROR = "error"
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file that was put into a message: its name as given, its size in bytes and the
+    SHA-256 of its bytes (the text itself is part of the message)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
 @dataclass
 class Message:
     """One message of a conversation."""
@@ -44,6 +54,7 @@ class Message:
     created_at: float = field(default_factory=time.time)
     # Why a reply ended, when known: "stop", or "length" (cut by the token limit).
     finish_reason: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)  # files in ``content``
 
 
 @dataclass

@@ -61,3 +61,8 @@ def database_file() -> Path:
 def user_themes_dir() -> Path:
     """Where users drop their own ``.tcss`` themes."""
     return config_dir() / "themes"
+
+
+def presets_dir() -> Path:
+    """Where users keep presets, one ``NAME.toml`` each."""
+    return config_dir() / "presets"

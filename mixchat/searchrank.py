@@ -11,18 +11,41 @@ takes 15 ms instead of the 37 ms of ``bm25()`` plus ``snippet()``.
 
 Words are compared as the ``unicode61 remove_diacritics 2`` tokenizer does: runs of
 letters and digits, case-folded, accents removed.
+
+The work per message is bounded, whatever the message holds: FTS5's ``highlight()`` costs
+the number of hits times the message's length (it rebuilds its output for every hit: one
+word 160,000 times took 21 s), so the store calls it only for messages up to
+``HIGHLIGHT_MAX_CHARS`` and marks an excerpt of longer ones here (``mark_excerpt``: a few
+KB around the first hit, marked by one regex split in C for ASCII text). Reading a match
+counts its hits in C (``findall``); only the matches shown are placed for a snippet, at
+most ``MAX_RANGES`` hits each, sought in at most ``SNIPPET_SCAN_CHARS`` of text and at
+most ``SNIPPET_MAX_CHARS`` long.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 K1, B = 1.2, 0.75  # BM25's usual constants (FTS5 uses the same)
 SNIPPET_TOKENS = 16
+SNIPPET_MAX_CHARS = 400  # a snippet of 16 very long "words" is cut to this
+SNIPPET_SCAN_CHARS = 8000  # the snippet's window is sought in this much text around the hits
+MAX_RANGES = 100  # hits placed for the snippet (all hits are counted for ranking)
+EXCERPT_SCAN_CHARS = 1_000_000  # how far into a huge message its first hit is sought
+EXCERPT_BEFORE, EXCERPT_AFTER = 300, 3000  # the excerpt marked around that hit
 ELLIPSIS = "…"
 _TOKEN = re.compile(r"[^\W_]+")
+_NON_WORD = re.compile(r"[\W_]")
+# A token of raw text: combining accents (dropped by the tokenizer) do not split it.
+_TOKEN_CHAR = re.compile(r"[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff]")
+_TRAILING_TOKEN = re.compile(
+    r"(?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff])*\Z"
+)
+_RAW_TOKEN = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff])*")
 
 
 def normalize(text: str) -> list[str]:
@@ -57,10 +80,12 @@ class Match:
     word each range is an instance of (-1: none recognised), and its token count."""
 
     plain: str
-    ranges: list[tuple[int, int]]
+    ranges: list[tuple[int, int]]  # the first MAX_RANGES hits
     owners: list[int]
     counts: list[int]  # per query word: how often it occurs
     length: int
+    cut_before: bool = False  # ``plain`` is an excerpt: the message has text before it
+    cut_after: bool = False  # ... and after it
 
 
 class MatchReader:
@@ -80,16 +105,52 @@ class MatchReader:
             self._owner[text] = found
         return found
 
-    def read(self, highlighted: str) -> Match:
-        """The plain text, its marked ranges and what they are."""
+    def read(
+        self,
+        highlighted: str,
+        *,
+        length: int | None = None,
+        cut_before: bool = False,
+        cut_after: bool = False,
+        place: bool = True,
+    ) -> Match:
+        """The plain text, its marked ranges and what they are. ``length`` (in words)
+        defaults to the text's own; an excerpt passes the whole message's. Without
+        ``place``, a text with many hits is only counted (for ranking; no snippet)."""
+        if highlighted.count(self.start) <= MAX_RANGES:  # the usual case: one pass
+            return self._read_few(highlighted, length, cut_before, cut_after)
+        counts = [0] * len(self.words)
+        for text, n in Counter(self._marked.findall(highlighted)).items():
+            which = self.owner(text)
+            if which >= 0:
+                counts[which] += n
+        # Length in words: BM25 only compares it with the average, so whitespace is enough
+        # (the marks add none).
+        words = len(highlighted.split()) if length is None else length
+        if not place:
+            return Match("", [], [], counts, words, cut_before, cut_after)
+        ranges, owners = [], []
+        marks = len(self.start) + len(self.end)
+        for index, found in enumerate(
+            itertools.islice(self._marked.finditer(highlighted), MAX_RANGES)
+        ):
+            at = found.start() - index * marks  # in the plain text
+            ranges.append((at, at + len(found.group(1))))
+            owners.append(self.owner(found.group(1)))
+        plain = "".join(self._marked.split(highlighted))  # marked text kept, marks gone
+        return Match(plain, ranges, owners, counts, words, cut_before, cut_after)
+
+    def _read_few(
+        self, highlighted: str, length: int | None, cut_before: bool, cut_after: bool
+    ) -> Match:
         counts = [0] * len(self.words)
         ranges, owners, pieces = [], [], []
-        at = length = 0  # in the highlighted text; in the plain text
+        at = size = 0  # in the highlighted text; in the plain text
         for found in self._marked.finditer(highlighted):
             before, text = highlighted[at : found.start()], found.group(1)
-            length += len(before)
-            ranges.append((length, length + len(text)))
-            length += len(text)
+            size += len(before)
+            ranges.append((size, size + len(text)))
+            size += len(text)
             pieces += [before, text]
             at = found.end()
             which = self.owner(text)
@@ -97,8 +158,8 @@ class MatchReader:
             if which >= 0:
                 counts[which] += 1
         plain = "".join([*pieces, highlighted[at:]]) if ranges else highlighted
-        # Length in words: BM25 only compares it with the average, so whitespace is enough.
-        return Match(plain, ranges, owners, counts, len(plain.split()))
+        words = len(plain.split()) if length is None else length
+        return Match(plain, ranges, owners, counts, words, cut_before, cut_after)
 
 
 def bm25_scores(matches: list[Match]) -> list[float]:
@@ -116,12 +177,27 @@ def bm25_scores(matches: list[Match]) -> list[float]:
 
 def snippet(match: Match, start: str, end: str) -> str:
     """Up to SNIPPET_TOKENS tokens where the most distinct query words (then the most
-    marked words) are, centred on them, with the marks; an ellipsis where text was cut."""
-    plain, ranges = match.plain, match.ranges
+    marked words) are, centred on them, with the marks; an ellipsis where text was cut.
+    The window is sought in at most SNIPPET_SCAN_CHARS of text around the placed hits."""
+    text, ranges = match.plain, match.ranges
+    lo_scan = max(0, ranges[0][0] - SNIPPET_SCAN_CHARS // 8) if ranges else 0
+    hi_scan = min(len(text), lo_scan + SNIPPET_SCAN_CHARS)
+    if lo_scan > 0:  # start at a token's beginning
+        boundary = _NON_WORD.search(text, lo_scan, hi_scan)
+        lo_scan = boundary.start() if boundary else lo_scan
+    plain = text[lo_scan:hi_scan]
+    ranges = [(a - lo_scan, b - lo_scan) for a, b in ranges if a >= lo_scan and b <= hi_scan]
+    owners = [
+        o
+        for (a, b), o in zip(match.ranges, match.owners, strict=True)
+        if a >= lo_scan and b <= hi_scan
+    ]
+    more_before = match.cut_before or lo_scan > 0
+    more_after = match.cut_after or hi_scan < len(text)
     tokens = [(m.start(), m.end()) for m in _TOKEN.finditer(plain)]
     n = len(tokens)
     if n == 0:
-        return plain
+        return _bounded(plain, [], start, end, more_before, more_after)
     # Per token: the query word of the marked range it lies in (ranges and tokens are
     # both in text order), None if unmarked.
     hit_of: list[int | None] = []
@@ -130,7 +206,7 @@ def snippet(match: Match, start: str, end: str) -> str:
         while r < len(ranges) and ranges[r][1] <= lo:
             r += 1
         inside = r < len(ranges) and ranges[r][0] < hi
-        hit_of.append(match.owners[r] if inside else None)
+        hit_of.append(owners[r] if inside else None)
     size = min(SNIPPET_TOKENS, n)
     in_window: dict[int | None, int] = {}
     for h in hit_of[:size]:
@@ -156,15 +232,153 @@ def snippet(match: Match, start: str, end: str) -> str:
     last = best + size - 1
     lo = 0 if best == 0 else tokens[best][0]
     hi = len(plain) if last == n - 1 else tokens[last][1]
-    pieces = [ELLIPSIS] if best > 0 else []
-    cursor = lo
-    for r_lo, r_hi in ranges:
-        if r_hi <= lo or r_lo >= hi:
-            continue
-        a, b = max(r_lo, lo), min(r_hi, hi)
-        pieces += [plain[cursor:a], start, plain[a:b], end]
+    cut = [(max(a, lo) - lo, min(b, hi) - lo) for a, b in ranges if b > lo and a < hi]
+    return _bounded(
+        plain[lo:hi], cut, start, end, more_before or best > 0, more_after or last < n - 1
+    )
+
+
+def _bounded(
+    text: str, ranges: list[tuple[int, int]], start: str, end: str, before: bool, after: bool
+) -> str:
+    """``text`` with its ``ranges`` marked, cut to SNIPPET_MAX_CHARS around the first mark,
+    and an ellipsis on each side where there is more."""
+    if len(text) > SNIPPET_MAX_CHARS:
+        first = ranges[0][0] if ranges else 0
+        lo = max(0, min(first - SNIPPET_MAX_CHARS // 4, len(text) - SNIPPET_MAX_CHARS))
+        hi = lo + SNIPPET_MAX_CHARS
+        before, after = before or lo > 0, after or hi < len(text)
+        ranges = [(max(a, lo) - lo, min(b, hi) - lo) for a, b in ranges if b > lo and a < hi]
+        text = text[lo:hi]
+    pieces = [ELLIPSIS] if before else []
+    cursor = 0
+    for a, b in ranges:
+        pieces += [text[cursor:a], start, text[a:b], end]
         cursor = b
-    pieces.append(plain[cursor:hi])
-    if last < n - 1:
+    pieces.append(text[cursor:])
+    if after:
         pieces.append(ELLIPSIS)
     return "".join(pieces)
+
+
+def _starts_instance(token: str, words: list[QueryWord]) -> bool:
+    """Whether a raw token could begin an instance of one of the query ``words``."""
+    first = normalize(token)[:1]
+    return bool(first) and any(
+        w.tokens
+        and (
+            first[0] == w.tokens[0]
+            or (w.prefix and len(w.tokens) == 1 and first[0].startswith(w.tokens[0]))
+        )
+        for w in words
+    )
+
+
+def _candidates(words: list[QueryWord]) -> re.Pattern[str] | None:
+    """A case-insensitive search for each word's first token: where an instance may start."""
+    firsts = sorted({w.tokens[0] for w in words if w.tokens}, key=len, reverse=True)
+    if not firsts:
+        return None
+    return re.compile("|".join(re.escape(t) for t in firsts), re.IGNORECASE)
+
+
+def _at_token_start(text: str, at: int) -> bool:
+    return at == 0 or _TOKEN_CHAR.match(text, at - 1) is None
+
+
+def first_hit(text: str, words: list[QueryWord]) -> int | None:
+    """Where the first token of ``text`` that begins an instance of a query word starts;
+    None if none is among the first 64 candidates. Candidates come from a search in C; a
+    word written with accents the query lacks is not found this way (the caller then
+    shows the text's beginning)."""
+    pattern = _candidates(words)
+    if pattern is None:
+        return None
+    for found in itertools.islice(pattern.finditer(text), 64):
+        at = found.start()
+        if not _at_token_start(text, at):
+            continue  # inside a longer token
+        token = _RAW_TOKEN.match(text, at)
+        if token is not None and _starts_instance(token.group(), words):
+            return at
+    return None
+
+
+def _mark_in_c(excerpt: str, words: list[QueryWord], start: str, end: str) -> str | None:
+    """``excerpt`` marked by one regex substitution (in C, whatever the number of hits),
+    where that is exact: ASCII text and one-token words. None otherwise."""
+    if not excerpt.isascii() or not all(len(w.tokens) == 1 for w in words):
+        return None
+    alternatives = [
+        re.escape(w.tokens[0]) + (r"[a-z0-9]*" if w.prefix else "")
+        for w in sorted(words, key=lambda w: len(w.tokens[0]), reverse=True)
+    ]
+    pattern = re.compile(
+        rf"(?<![a-z0-9])((?:{'|'.join(alternatives)}))(?![a-z0-9])", re.IGNORECASE | re.ASCII
+    )
+    parts = pattern.split(excerpt)  # text, hit, text, ...: split in C (sub's template is not)
+    parts[1::2] = [start + hit + end for hit in parts[1::2]]
+    return "".join(parts)
+
+
+def _instances(excerpt: str, words: list[QueryWord]) -> list[tuple[int, int]]:
+    """The spans of ``excerpt`` that are instances of the query words, in order (at most
+    MAX_RANGES * 4 in ASCII text: each costs Python time)."""
+    spans: list[tuple[int, int]] = []
+    longest = max((len(w.tokens) for w in words), default=0)
+    pattern = _candidates(words)
+    if excerpt.isascii() and pattern is not None:
+        # Plain ASCII (most text): only where a word's first token occurs (found in C)
+        # is looked at; an ASCII token's normal form is itself in lower case.
+        for found in pattern.finditer(excerpt):
+            at = found.start()
+            if (spans and at < spans[-1][1]) or not _at_token_start(excerpt, at):
+                continue
+            tokens = list(itertools.islice(_RAW_TOKEN.finditer(excerpt, at), longest))
+            lowered = [t.group().lower() for t in tokens]
+            width = next((len(w.tokens) for w in words if w.matches(lowered[: len(w.tokens)])), 0)
+            if width:
+                spans.append((tokens[0].start(), tokens[width - 1].end()))
+                if len(spans) >= 4 * MAX_RANGES:
+                    break
+        return spans
+    tokens = list(_RAW_TOKEN.finditer(excerpt))
+    norms = ["".join(normalize(t.group())) for t in tokens]
+    i = 0
+    while i < len(tokens):
+        width = next((len(w.tokens) for w in words if w.matches(norms[i : i + len(w.tokens)])), 0)
+        if width:
+            spans.append((tokens[i].start(), tokens[i + width - 1].end()))
+        i += width or 1
+    return spans
+
+
+def mark_excerpt(
+    text: str, words: list[QueryWord], start: str, end: str, *, whole: bool = True
+) -> tuple[str, int, int]:
+    """Mark the query words in an excerpt of a long ``text`` as ``highlight()`` would:
+    EXCERPT_BEFORE + EXCERPT_AFTER characters around its first hit within the first
+    EXCERPT_SCAN_CHARS (its beginning if none is found). ``whole``: ``text`` is the
+    whole message, not its beginning. Returns the marked excerpt and where it starts and
+    ends in ``text``. The cost is bounded by those constants, not by the text."""
+    hit = first_hit(text[:EXCERPT_SCAN_CHARS], words) or 0
+    lo = max(0, hit - EXCERPT_BEFORE)
+    if lo > 0:  # begin at a token boundary
+        boundary = _NON_WORD.search(text, lo, hit)
+        lo = boundary.start() + 1 if boundary else hit
+    hi = min(len(text), hit + EXCERPT_AFTER)
+    cut = _TOKEN_CHAR.match(text, hi) if hi < len(text) else not whole
+    if cut and hi > lo and _TOKEN_CHAR.match(text, hi - 1):
+        # The last token goes on beyond the excerpt (or may): end before it.
+        tail = _TRAILING_TOKEN.search(text, max(lo, hi - 256), hi)
+        hi = tail.start() if tail else hi
+    excerpt = text[lo:hi]
+    marked = _mark_in_c(excerpt, words, start, end)
+    if marked is not None:
+        return marked, lo, hi
+    pieces, cursor = [], 0
+    for a, b in _instances(excerpt, words):
+        pieces += [excerpt[cursor:a], start, excerpt[a:b], end]
+        cursor = b
+    pieces.append(excerpt[cursor:])
+    return "".join(pieces), lo, hi

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import itertools
 import json
 import os
 import re
@@ -39,13 +40,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from mixchat import paths
-from mixchat.conversation import Conversation, Message, Role, Status, make_title
-from mixchat.searchrank import MatchReader, QueryWord, bm25_scores, normalize, snippet
+from mixchat import dbfile, paths
+from mixchat.conversation import Attachment, Conversation, Message, Role, Status, make_title
+from mixchat.searchrank import (
+    EXCERPT_SCAN_CHARS,
+    MatchReader,
+    QueryWord,
+    bm25_scores,
+    first_hit,
+    mark_excerpt,
+    normalize,
+    snippet,
+)
 from mixchat.textsafe import scrub_surrogates
 
 BUSY_TIMEOUT_S = 30.0
 SEARCH_WINDOW = 1000  # search ranks at most this many of the newest matches
+# FTS5's highlight() costs hits x length (see searchrank): up to ~0.3 ms for a message
+# this long made only of hits. Longer ones are marked in an excerpt (searchrank).
+HIGHLIGHT_MAX_CHARS = 4_000
+# Longer searches are refused: no one types them, and each word (above all a word
+# retried as a prefix) is one more index lookup: 333 two-letter words took seconds.
+MAX_QUERY_CHARS = 1000
+MAX_QUERY_WORDS = 32
 # Start/end markers around matched words in SearchHit.snippet (STX/ETX).
 MARK_START = "\x02"
 MARK_END = "\x03"
@@ -77,6 +94,7 @@ class ConversationSummary:
     updated_at: float
     model: str
     message_count: int
+    preset: str | None = None  # the preset it was started with (or had applied last)
 
 
 @dataclass(frozen=True)
@@ -148,32 +166,69 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Times later than the clock by more than this are brought back to it by migration 2.
+FUTURE_SKEW_S = 600.0
+
+_SCHEMA_2 = (
+    # When the conversation was last used on this machine (created, continued, opened):
+    # `-c` continues that one. NULL for an imported conversation until it is used.
+    "ALTER TABLE conversations ADD COLUMN used_at REAL",
+    "UPDATE conversations SET used_at = updated_at",
+    "CREATE INDEX conversations_used ON conversations(used_at)",
+    # Each message's length, so search highlights a huge message only in an excerpt
+    # (a separate table: a column after `content` would be read through its overflow pages).
+    """CREATE TABLE message_sizes (
+        id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        chars INTEGER NOT NULL)""",
+    "INSERT INTO message_sizes (id, chars) SELECT id, length(content) FROM messages",
+    """CREATE TRIGGER message_sizes_ai AFTER INSERT ON messages BEGIN
+        INSERT INTO message_sizes (id, chars) VALUES (new.id, length(new.content));
+    END""",
+    """CREATE TRIGGER message_sizes_au AFTER UPDATE OF content ON messages BEGIN
+        UPDATE message_sizes SET chars = length(new.content) WHERE id = new.id;
+    END""",
+    """CREATE TRIGGER message_sizes_ad AFTER DELETE ON messages BEGIN
+        DELETE FROM message_sizes WHERE id = old.id;
+    END""",
+)
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_2:
+        conn.execute(statement)
+    # Imports by earlier versions kept times from the future (a year 5107 in `list`) or
+    # before 1970.
+    limit, now = time.time() + FUTURE_SKEW_S, time.time()
+    for table in ("conversations", "messages"):
+        for column in ("created_at", "updated_at"):  # fixed names
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE {column} > ?", (now, limit))
+            conn.execute(f"UPDATE {table} SET {column} = 0 WHERE {column} < 0")
+    conn.execute("UPDATE conversations SET used_at = updated_at WHERE used_at > ?", (limit,))
+
+
 def _migration_finish_reason(conn: sqlite3.Connection) -> None:
     # Why a reply ended: "stop", or "length" when the token limit cut it (it can be continued).
     conn.execute("ALTER TABLE messages ADD COLUMN finish_reason TEXT")
 
 
+def _migration_attachments(conn: sqlite3.Connection) -> None:
+    # The files put into a message (their text is part of its content): a JSON list of
+    # {name, size, sha256}; NULL when there are none.
+    conn.execute("ALTER TABLE messages ADD COLUMN attachments TEXT")
+
+
 # Applied in order; the schema version is len(MIGRATIONS). Only ever append.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_finish_reason]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_finish_reason,
+    _migration_attachments,
+]
 
 
 def _error(exc: sqlite3.Error, path: Path) -> StoreError:
-    """Turn a sqlite3 error into a one-line StoreError naming the file."""
-    text = " ".join(str(exc).split())
-    low = text.lower()
-    if "not a database" in low or "malformed" in low or "corrupt" in low:
-        return StoreError(f"{path} is not a valid mixchat database ({text}); left untouched")
-    if "readonly" in low or "read-only" in low:
-        return StoreError(f"cannot write {path}: the file or its directory is read-only")
-    if "full" in low:
-        return StoreError(f"cannot write {path}: the disk is full")
-    if "disk i/o" in low:
-        return StoreError(f"disk I/O error on {path} (is the disk full or failing?)")
-    if "unable to open" in low:
-        return StoreError(f"cannot open {path}: is its directory there and writable?")
-    if "locked" in low or "busy" in low:
-        return StoreError(f"{path} stayed locked by another mixchat for too long")
-    return StoreError(f"database error on {path}: {text}")
+    """Turn a sqlite3 error into a one-line StoreError naming the file and what happened."""
+    return StoreError(dbfile.sqlite_error_message(exc, path))
 
 
 def _guarded(method: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -207,23 +262,6 @@ def _retry_busy(action: Callable[[], _T], attempts: int = 6) -> _T:
                 raise
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def _make_private_dir(directory: Path, tighten: bool) -> None:
-    """Create ``directory`` (and missing parents) as 0700; optionally tighten it."""
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)  # another process may race us
-        os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
-    if tighten and directory.stat().st_uid == os.getuid():
-        # Best effort: an immutable directory must fail later, when writing, with a
-        # message saying so, not here with a misleading "cannot create".
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o700)
 
 
 def _json(value: Any) -> str:
@@ -265,6 +303,55 @@ def _fts_query(words: list[tuple[str, bool]], prefix: bool = False) -> str:
     )
 
 
+def _distinct_width(ids: list[str], least: int = 8) -> int:
+    """How many leading characters tell every one of ``ids`` (sorted) from its neighbours."""
+    width = least
+    for a, b in itertools.pairwise(ids):
+        common = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+        width = max(width, common + 1)
+    return width
+
+
+def _one_line(text: str, width: int = 40) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+EXCERPT_FIRST_BYTES = 65_536  # read first; the rest of the scan only if no hit is in it
+
+
+def _beginning(
+    conn: sqlite3.Connection, message_id: int, words: list[QueryWord]
+) -> tuple[str, bool]:
+    """The beginning of a message, read without loading the rest (SQLite's incremental
+    blob I/O): EXCERPT_FIRST_BYTES, or up to EXCERPT_SCAN_CHARS bytes when no query word
+    is in those. Also whether that is the whole message."""
+    with conn.blobopen("messages", "content", message_id, readonly=True) as blob:
+        size = len(blob)
+        data = blob.read(EXCERPT_FIRST_BYTES)
+        # A character cut at the end is dropped; the stored text is valid UTF-8 otherwise.
+        text = data.decode("utf-8", errors="ignore")
+        if len(data) < size and first_hit(text, words) is None:
+            data += blob.read(EXCERPT_SCAN_CHARS - len(data))
+            text = data.decode("utf-8", errors="ignore")
+    return text, len(data) == size
+
+
+def _attachments_json(attachments: list[Attachment]) -> str | None:
+    if not attachments:
+        return None
+    return _json([{"name": a.name, "size": a.size, "sha256": a.sha256} for a in attachments])
+
+
+def _attachments(text: str | None) -> list[Attachment]:
+    """The attachments column read back; anything unreadable counts as none."""
+    try:
+        items = json.loads(text) if text else []
+        return [Attachment(str(i["name"]), int(i["size"]), str(i["sha256"])) for i in items]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
 def _message(row: sqlite3.Row) -> Message:
     return Message(
         role=Role(row["role"]),
@@ -277,6 +364,7 @@ def _message(row: sqlite3.Row) -> Message:
         duration_s=row["duration_s"],
         created_at=row["created_at"],
         finish_reason=row["finish_reason"],
+        attachments=_attachments(row["attachments"]),
     )
 
 
@@ -290,21 +378,24 @@ class ConversationStore:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path | None = None) -> ConversationStore:
-        """Open (creating and migrating if needed) the store at ``path``."""
+    def open(cls, path: Path | None = None, *, create: bool = True) -> ConversationStore:
+        """Open (creating and migrating if needed) the store at ``path``.
+
+        With ``create=False`` (read-only commands) nothing is created: a missing database
+        opens as an empty store in memory. The file and its directory are checked first
+        (``dbfile``): one that is not ours, or a dangling link, is a StoreError.
+        """
         db = Path(path).expanduser() if path is not None else paths.database_file()
         try:
-            _make_private_dir(db.parent, tighten=path is None)
-            # Create the file ourselves so it is 0600 whatever the umask; SQLite
-            # gives the -wal and -shm files the same mode.
-            os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise StoreError(f"cannot create {db}: {exc.strerror or exc}") from exc
+            exists = dbfile.prepare(db, create=create, tighten=path is None)
+        except dbfile.DatabaseFileError as exc:
+            raise StoreError(str(exc)) from None
         try:
             conn = sqlite3.connect(
-                db, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                db if exists else ":memory:",
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
             )
         except sqlite3.Error as exc:
             raise _error(exc, db) from exc
@@ -395,19 +486,37 @@ class ConversationStore:
         if not rows:
             raise NotFoundError(f"no conversation with id {prefix!r}")
         if len(rows) > 1:
-            shown = ", ".join(f"{r['id'][:12]} ({r['title'] or 'untitled'})" for r in rows[:5])
+            ids = [str(r["id"]) for r in rows[:5]]
+            width = _distinct_width(ids)
+            shown = ", ".join(
+                f"{i[:width]} ({_one_line(r['title']) or 'untitled'})"
+                for i, r in zip(ids, rows, strict=False)
+            )
             more = ", …" if len(rows) > 5 else ""
             raise AmbiguousIdError(f"id {prefix!r} is ambiguous: {shown}{more}")
         return str(rows[0]["id"])
 
     @_guarded
     def last_conversation_id(self) -> str | None:
-        """Id of the most recently updated conversation, or None if there are none."""
+        """Id of the conversation last used on this machine (created, continued or opened;
+        see :meth:`mark_used`), or None if none was. Imported conversations count only
+        once used: their own timestamps say nothing about this machine."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT id FROM conversations ORDER BY updated_at DESC, rowid DESC LIMIT 1"
+                "SELECT id FROM conversations WHERE used_at IS NOT NULL"
+                " ORDER BY used_at DESC, rowid DESC LIMIT 1"
             ).fetchone()
         return None if row is None else str(row["id"])
+
+    @_guarded
+    def mark_used(self, id_or_prefix: str) -> None:
+        """Note that the user opened this conversation now (the app calls this), so that
+        ``-c`` continues it."""
+        conv_id = self.resolve_id(id_or_prefix)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE conversations SET used_at = ? WHERE id = ?", (time.time(), conv_id)
+            )
 
     # -- conversations ------------------------------------------------------
 
@@ -437,16 +546,18 @@ class ConversationStore:
             settings=dict(settings),
         )
         with self._write() as conn:
-            self._insert_conversation(conn, conv)
+            self._insert_conversation(conn, conv, used_at=now)
             if first_message is not None:
                 self._append(conn, conv.id, first_message)
         return conv
 
     @staticmethod
-    def _insert_conversation(conn: sqlite3.Connection, conv: Conversation) -> None:
+    def _insert_conversation(
+        conn: sqlite3.Connection, conv: Conversation, used_at: float | None
+    ) -> None:
         conn.execute(
             "INSERT INTO conversations (id, title, created_at, updated_at, model,"
-            " system_prompt, settings) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " system_prompt, settings, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv.id,
                 scrub_surrogates(conv.title),
@@ -455,6 +566,7 @@ class ConversationStore:
                 scrub_surrogates(conv.model),
                 _opt_text(conv.system_prompt),
                 _json(conv.settings),
+                used_at,
             ),
         )
 
@@ -487,7 +599,9 @@ class ConversationStore:
         """Conversation summaries, most recently updated first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, title, created_at, updated_at, model, message_count"
+                "SELECT id, title, created_at, updated_at, model, message_count,"
+                " CASE WHEN json_type(settings, '$.preset') = 'text'"
+                " THEN json_extract(settings, '$.preset') END"
                 " FROM conversations ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 (-1 if limit is None else limit, offset),
             ).fetchall()
@@ -526,8 +640,8 @@ class ConversationStore:
         assignments = ", ".join(f"{column} = ?" for column in changes)  # fixed column names
         with self._write() as conn:
             conn.execute(
-                f"UPDATE conversations SET {assignments}, updated_at = ? WHERE id = ?",
-                (*changes.values(), time.time(), conv_id),
+                f"UPDATE conversations SET {assignments}, updated_at = ?, used_at = ? WHERE id = ?",
+                (*changes.values(), *[time.time()] * 2, conv_id),
             )
 
     @_guarded
@@ -559,8 +673,8 @@ class ConversationStore:
                 (row["conversation_id"], row["position"]),
             )
             conn.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = ?",
-                (time.time(), row["conversation_id"]),
+                "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id = ?",
+                (*[time.time()] * 2, row["conversation_id"]),
             )
             return int(cursor.rowcount)
 
@@ -592,7 +706,13 @@ class ConversationStore:
 
     @_guarded
     def import_conversation(self, conv: Conversation) -> Conversation:
-        """Store a whole conversation; keeps its id if valid and free, else a new one."""
+        """Store a whole conversation; keeps its id if valid and free, else a new one.
+
+        Times later than this machine's clock (plus FUTURE_SKEW_S) become now, so an
+        import cannot claim the top of the list for years (and times before 1970 become
+        1970: no year -1199 either); the conversation is not
+        "used" here until it is opened or continued (see ``last_conversation_id``).
+        """
         with self._write() as conn:
             conv_id = conv.id.lower()
             taken = conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conv_id,))
@@ -602,11 +722,25 @@ class ConversationStore:
             if not title:
                 first = next((m for m in conv.messages if m.role == Role.USER), None)
                 title = make_title(first.content) if first else ""
+            now = time.time()
+
+            def clamp(ts: float) -> float:  # from the future: now; before 1970: 1970
+                return now if ts > now + FUTURE_SKEW_S else max(ts, 0.0)
+
             stored = replace(
-                conv, id=conv_id, title=title, settings=dict(conv.settings), messages=[]
+                conv,
+                id=conv_id,
+                title=title,
+                settings=dict(conv.settings),
+                messages=[],
+                created_at=clamp(conv.created_at),
+                updated_at=clamp(conv.updated_at),
             )
-            self._insert_conversation(conn, stored)
+            # Not used here yet: `-c` goes on with what the user last used, not with
+            # whatever an imported file says is newest.
+            self._insert_conversation(conn, stored, used_at=None)
             for position, message in enumerate(conv.messages):
+                message = replace(message, created_at=clamp(message.created_at))
                 stored.messages.append(self._insert_message(conn, conv_id, position, message))
         return stored
 
@@ -621,7 +755,7 @@ class ConversationStore:
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, status,"
             " prompt_tokens, completion_tokens, ttft_s, duration_s, created_at, updated_at,"
-            " finish_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " finish_reason, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv_id,
                 position,
@@ -631,6 +765,7 @@ class ConversationStore:
                 *stats,
                 *[m.created_at] * 2,
                 m.finish_reason,
+                _attachments_json(m.attachments),
             ),
         )
         return replace(m, id=cur.lastrowid, role=role, status=status)
@@ -653,7 +788,10 @@ class ConversationStore:
             (conv_id,),
         ).fetchone()[0]
         message.id = cls._insert_message(conn, conv_id, position, message).id
-        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conv_id))
+        conn.execute(
+            "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id = ?",
+            (*[time.time()] * 2, conv_id),
+        )
         if message.role == Role.USER:
             conn.execute(
                 "UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
@@ -735,9 +873,9 @@ class ConversationStore:
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")
             conn.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id ="
+                "UPDATE conversations SET updated_at = ?, used_at = ? WHERE id ="
                 " (SELECT conversation_id FROM messages WHERE id = ?)",
-                (now, message_id),
+                (now, now, message_id),
             )
 
     # -- search -------------------------------------------------------------
@@ -754,11 +892,23 @@ class ConversationStore:
         matches (all words weighted alike) among the newest SEARCH_WINDOW
         matching messages.
         """
+        if len(query) > MAX_QUERY_CHARS:
+            raise StoreError(
+                f"the search is {len(query):,} characters long; mixchat searches at most"
+                f" {MAX_QUERY_CHARS:,} (use fewer words)"
+            )
         words = _query_words(query)
         if not words or limit <= 0:
             return []
         if typing:
             words[-1] = (words[-1][0], True)
+        # A word said twice filters nothing more (every word must match anyway).
+        words = list({(w.casefold(), starred): (w, starred) for w, starred in words}.values())
+        if len(words) > MAX_QUERY_WORDS:
+            raise StoreError(
+                f"the search has {len(words)} different words; mixchat searches at most"
+                f" {MAX_QUERY_WORDS}"
+            )
         hits = self._ranked_matches(words, prefix=False, limit=limit)
         if not hits and _fts_query(words, prefix=True) != _fts_query(words):
             hits = self._ranked_matches(words, prefix=True, limit=limit)
@@ -773,20 +923,36 @@ class ConversationStore:
         window = max(SEARCH_WINDOW, limit)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT m.conversation_id, c.title, m.id, m.role, hit.marked FROM"
-                " (SELECT rowid AS id, highlight(messages_fts, 0, ?, ?) AS marked"
-                "   FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?) hit"
+                "SELECT m.conversation_id, c.title, m.id, m.role, hit.marked, hit.chars FROM"
+                " (SELECT messages_fts.rowid AS id, size.chars AS chars,"
+                "   CASE WHEN size.chars <= ? THEN highlight(messages_fts, 0, ?, ?) END AS marked"
+                "   FROM messages_fts LEFT JOIN message_sizes size ON size.id = messages_fts.rowid"
+                "   WHERE messages_fts MATCH ? ORDER BY messages_fts.rowid DESC LIMIT ?) hit"
                 " JOIN messages m ON m.id = hit.id"
                 " JOIN conversations c ON c.id = m.conversation_id",
-                (MARK_START, MARK_END, _fts_query(words, prefix), window),
+                (HIGHLIGHT_MAX_CHARS, MARK_START, MARK_END, _fts_query(words, prefix), window),
             ).fetchall()
-        query = [
-            QueryWord(tuple(normalize(word)), _as_prefix(word, starred, prefix))
-            for word, starred in words
-        ]
+            query = [
+                QueryWord(tuple(normalize(word)), _as_prefix(word, starred, prefix))
+                for word, starred in words
+            ]
+            beginnings = {r[2]: _beginning(conn, r[2], query) for r in rows if r[4] is None}
         reader = MatchReader(query, MARK_START, MARK_END)
-        matches = [reader.read(r[4]) for r in rows]
-        scores = bm25_scores(matches)
+        marked: list[tuple[str, dict[str, Any]]] = []  # highlighted text, how to read it
+        for row in rows:
+            if row[4] is not None:
+                marked.append((row[4], {}))
+                continue
+            text, whole = beginnings[row[2]]
+            excerpt, lo, hi = mark_excerpt(text, query, MARK_START, MARK_END, whole=whole)
+            chars = max(row[5] or 0, len(text))
+            # BM25's length: the excerpt's words per character, over the whole message.
+            length = len(excerpt.split()) * chars // max(1, len(excerpt))
+            marked.append(
+                (excerpt, {"length": length, "cut_before": lo > 0, "cut_after": hi < chars})
+            )
+        # Every match is counted for ranking; only the ones shown are placed for a snippet.
+        scores = bm25_scores([reader.read(text, place=False, **how) for text, how in marked])
         best = sorted(range(len(rows)), key=lambda i: (-scores[i], -rows[i][2]))[:limit]
         return [
             SearchHit(
@@ -794,7 +960,9 @@ class ConversationStore:
                 rows[i][1],
                 rows[i][2],
                 Role(rows[i][3]),
-                " ".join(snippet(matches[i], MARK_START, MARK_END).split()),
+                " ".join(
+                    snippet(reader.read(marked[i][0], **marked[i][1]), MARK_START, MARK_END).split()
+                ),
             )
             for i in best
         ]

@@ -53,6 +53,7 @@ class Turn:
         for a new conversation (the app's settings window) on top of ``sources``."""
         self.store = store
         self.conversation = conversation
+        self.preset = sources.preset  # a new conversation records the preset it began with
         settings = sources.effective(conversation)
         if conversation is None and new_settings:
             settings = replace(settings, **new_settings)
@@ -81,9 +82,12 @@ class Turn:
 
     # -- committing the question -------------------------------------------
 
-    def ask(self, question: Message, *, replacing: int | None = None) -> None:
+    def ask(
+        self, question: Message, *, replacing: int | None = None, title: str | None = None
+    ) -> None:
         """Commit ``question``: a new conversation's first message (one transaction), the next
-        message, or (``replacing`` a message id) in place of that message and all after it."""
+        message, or (``replacing`` a message id) in place of that message and all after it.
+        ``title`` names a new conversation (default: from the question)."""
         self.question = question
         if self.store is None:
             self._extra = [question]
@@ -92,7 +96,8 @@ class Turn:
             self.conversation = self.store.create_conversation(
                 model=self.settings.model,
                 system_prompt=self.system_prompt,
-                settings=conversation_settings(self.settings),
+                settings=conversation_settings(self.settings, self.preset),
+                title=title,
                 first_message=question,
             )
             self.created = True

@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from mixchat.commands.errors import EXIT_FAILURE, EXIT_USAGE, fail
@@ -37,6 +37,9 @@ class AskRequest:
     as_json: bool = False
     show_prompt: bool = False
     continue_reply: bool = False
+    files: list[str] = field(default_factory=list)  # -f: text files put into the message
+    preset: str | None = None
+    extract: int | None = None  # --extract N: print only the N-th code block (-1: the last)
 
 
 def read_stdin(stream: TextIO) -> str | None:
@@ -55,6 +58,11 @@ def compose_prompt(argument: str | None, piped: str | None) -> str:
     """The user's message: the argument, then piped text after a blank line."""
     parts = [p for p in (argument, piped) if p is not None and p.strip()]
     return scrub_surrogates("\n\n".join(parts))
+
+
+#: The one line on stderr after an answer cut by the token limit (the answer is complete
+#: on stdout as far as it went; scripts may ignore stderr or read ``--json``'s "ending").
+CUT_NOTE = "the answer reached --max-tokens; `mixchat ask -c --continue-reply` goes on"
 
 
 def warn(message: str) -> None:
@@ -91,6 +99,12 @@ def progress_line(event: LoadProgress) -> str:
     name the model, so it is neutralized."""
     if event.stage == "resolve":
         return f"finding {for_terminal(event.detail)}" if event.detail else "finding the model"
+    if event.stage == "download":  # bytes: "downloading 3.1/93.4 GB (3%) · 85.0 MB/s, ..."
+        from mixchat.engine.local.progress import amount
+
+        pct = f" ({100 * event.done // event.total}%)" if event.total else ""
+        detail = f" · {for_terminal(event.detail)}" if event.detail else ""
+        return f"downloading {amount(event.done, event.total)}{pct}{detail}"
     pct = f" {100 * event.done // event.total}%" if event.total else ""
     detail = f" ({for_terminal(event.detail)})" if event.detail else ""
     return f"loading {event.stage}{pct}{detail}"
@@ -125,6 +139,7 @@ class _Progress:
 
     question_saved: bool = False
     loading: bool = False
+    downloading: bool = False  # the last load event was a download's
     recorder: Any = None  # the ReplyRecorder, once the reply streams
 
 
@@ -155,20 +170,35 @@ def _stopped_line(stop: KeyboardInterrupt, progress: _Progress) -> str:
         return f"{what}; the partial reply is saved" if saved else what
     if progress.loading:
         kept = "; the question is saved, without an answer" if progress.question_saved else ""
+        if progress.downloading:
+            from mixchat.engine.resolve import KEPT
+
+            return f"{what} during the download: {KEPT}{kept}"
         return f"{what} while the model was loading{kept}"
     return f"{what}; the question is saved" if progress.question_saved else f"{what}; nothing saved"
 
 
 def _run_ask(request: AskRequest, progress: _Progress) -> int:
+    from mixchat import attachments, presets
+    from mixchat.commands import ask_input
     from mixchat.turn import Ending, FailureKind, ReplyNotSaved, Turn
 
     sources = load_sources(request.flags)
+    if request.preset is not None:
+        sources = sources.with_preset(presets.find_preset(request.preset))
+    if request.extract is not None and (request.as_json or request.show_prompt):
+        return fail("--extract prints a code block: it does not go with --json or --show-prompt")
     prompt = compose_prompt(request.prompt, read_stdin(sys.stdin))
     if request.continue_reply and prompt.strip():
         return fail("--continue-reply goes on with the last answer: give no question with it")
     if request.continue_reply and not (request.continue_last or request.conversation):
         return fail("--continue-reply needs -c or --conversation ID: which answer to go on with")
-    if not prompt.strip() and not request.continue_reply:
+    files, refused = attachments.read_files(request.files, sources.effective().max_file_bytes)
+    if refused:
+        return ask_input.refuse(refused)
+    if request.continue_reply and files:
+        return fail("--continue-reply goes on with the last answer: give no file with it")
+    if not prompt.strip() and not files and not request.continue_reply:
         return fail("nothing to ask: give a prompt as an argument or pipe text into stdin")
     if request.show_prompt and sources.effective().endpoint:
         return fail("--show-prompt needs a local model; the server at --endpoint builds its own")
@@ -176,8 +206,13 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
 
     store, conv = _open_conversation(request)
+    if conv is not None and sources.preset is not None:
+        conv = presets.apply_preset(store, conv, sources.preset)
     turn = Turn(store, sources, conv)
-    question = None if request.continue_reply else Message(role=Role.USER, content=prompt)
+    question = None
+    if not request.continue_reply:
+        content = attachments.compose_message(prompt, files)
+        question = Message(Role.USER, content, attachments=[f.record() for f in files])
 
     from mixchat.engine import factory
 
@@ -191,19 +226,28 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
             turn.continue_reply(last)
         if request.show_prompt:
             return _show_prompt(engine, turn.prompt_history(question), turn, request)
+        if files:
+            ask_input.report_files(
+                engine,
+                files,
+                turn.prompt_history(question),
+                turn.system_prompt,
+                turn.params.max_new_tokens,
+            )
         # A question too long for the context is refused before minutes of loading
         # weights, and before it is saved, where the engine can tell (PromptError).
         turn.check_fits(engine, question)
         # The question is committed before the model loads, so a crash or a kill at any
         # later moment keeps it (as the app does with a message sent while loading).
         if question is not None:
-            turn.ask(question)
+            turn.ask(question, title=attachments.title_for(prompt, files))
             progress.question_saved = store is not None
         bar = _LoadBar()
         progress.loading = True
         try:
             for load_event in engine.load():
                 if isinstance(load_event, LoadProgress):
+                    progress.downloading = load_event.stage == "download"
                     bar.show(load_event)
                 else:
                     bar.clear()
@@ -220,7 +264,8 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
         info = engine.info()
 
         progress.recorder = turn.start()
-        out = _Output(sys.stdout, enabled=not request.as_json)
+        # --extract prints only a code block, once the reply is complete.
+        out = _Output(sys.stdout, enabled=not request.as_json and request.extract is None)
         cancel = threading.Event()
 
         def on_event(event: Event) -> None:
@@ -256,7 +301,10 @@ def _run_ask(request: AskRequest, progress: _Progress) -> int:
                 outcome.error or "the model failed", EXIT_USAGE if bad_input else EXIT_FAILURE
             )
         if outcome.ending is Ending.LENGTH and not request.as_json:
-            warn("the answer reached --max-tokens; `mixchat ask -c --continue-reply` goes on")
+            warn(CUT_NOTE)
+        if request.extract is not None:
+            conv_id = turn.conversation.id if turn.conversation and store else None
+            return ask_input.print_code_block(outcome.text, request.extract, conv_id)
         if request.as_json:
             conv_id = turn.conversation.id if turn.conversation and store else None
             payload = {
@@ -283,9 +331,10 @@ def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
     from mixchat.store import ConversationStore, NotFoundError
 
     wants_history = request.continue_last or request.conversation is not None
-    if not request.save and not wants_history:
+    writes = request.save and not request.show_prompt  # --show-prompt saves nothing either
+    if not writes and not wants_history:
         return None, None
-    store = ConversationStore.open()
+    store = ConversationStore.open(create=writes)  # --no-save creates nothing
     try:
         conv: Conversation | None = None
         if request.conversation is not None:
@@ -293,12 +342,15 @@ def _open_conversation(request: AskRequest) -> tuple[Any, Conversation | None]:
         elif request.continue_last:
             last = store.last_conversation_id()
             if last is None:
-                raise NotFoundError("no saved conversation to continue")
+                raise NotFoundError(
+                    "no saved conversation to continue: none was used on this machine yet"
+                    " (continue an imported one with --conversation ID)"
+                )
             conv = store.get_conversation(last)
     except BaseException:
         store.close()
         raise
-    if not request.save:
+    if not writes:
         store.close()
         return None, conv
     return store, conv

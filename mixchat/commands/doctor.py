@@ -31,6 +31,8 @@ def _verdict(report: Report) -> tuple[bool, str] | None:
         return True, "fits in the free GPU memory"
     if report.fits is False:
         return False, "does not fit in the free GPU memory: try --4bit or more GPUs"
+    if report.fits_in_ram is True and report.quantization == "none":
+        return True, "no GPU: fits in RAM, in full precision on the CPU (slow)"
     if report.fits_in_ram is True:
         return True, "no GPU: fits in RAM, everything runs on the CPU kernels"
     if report.fits_in_ram is False:
@@ -117,6 +119,12 @@ def render(report: Report) -> str:
     if report.suggestion:
         lines.append(f"try           {report.suggestion}")
     lines += [f"note: {note}" for note in report.notes]
+    if report.quant_cache_dir:
+        count = report.quant_cache_entries
+        lines.append(
+            f"quant cache   {report.quant_cache_dir} ({count} entr{'y' if count == 1 else 'ies'}, "
+            f"{_gb(report.quant_cache_bytes)}; delete it to clear, quant_cache = false to stop)"
+        )
     lines.append("")
     lines.append(
         "Mixtral-8x7B: bf16 ~93 GB, --8bit ~47 GB, --4bit (NF4) ~24.5 GB, "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,7 +34,12 @@ _USAGE_ERRORS = (
     ("mixchat.store", "StoreError"),
     ("mixchat.transcript", "TranscriptError"),
     ("mixchat.prompt", "PromptError"),
+    ("mixchat.safefile", "WriteError"),
+    ("mixchat.engine.base", "DownloadRefused"),  # the user must choose: a flag, space
 )
+# An OSError of these kinds that reaches the top came from writing our output (a full disk
+# behind `> file`, `> /dev/full`): the core turns its own file errors into its error types.
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 _FAILURE_ERRORS = (("mixchat.engine.base", "EngineError"),)
 
 
@@ -52,6 +60,18 @@ def exit_code_for(exc: BaseException) -> int | None:
     return None
 
 
+def _output_failed(exc: OSError) -> int:
+    """One line for output that could not be written; stdout then goes to /dev/null so
+    the interpreter's last flush of what is still buffered cannot fail a second time."""
+    from mixchat.safefile import reason
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return fail(f"cannot write the output: {reason(exc)}")
+
+
 def handle_errors(func: F) -> F:
     """Catch the known error types of the core and exit with a one-line message."""
 
@@ -60,11 +80,21 @@ def handle_errors(func: F) -> F:
         import typer
 
         try:
-            return func(*args, **kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except typer.Exit:
+                sys.stdout.flush()
+                raise
+            sys.stdout.flush()  # a full disk behind stdout shows here, not at exit
+            return result
         except BrokenPipeError:
             # The reader went away (e.g. `| head`); stop quietly like other tools.
             sys.stderr.close()
             raise typer.Exit(EXIT_FAILURE) from None
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            raise typer.Exit(_output_failed(exc)) from None
         except KeyboardInterrupt:
             print("", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None

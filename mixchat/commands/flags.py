@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from mixchat.config import OPTIONS
 
@@ -99,3 +101,40 @@ def settings_flags(names: Iterable[str] = MODEL_SETTINGS) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+_NUMBER = re.compile(r"^[+-]?[0-9]+$")
+
+
+def optional_values(args: list[str], optional: dict[str, str]) -> list[str]:
+    """Rewrite options whose value may be left out (``--extract [N]``): ``--extract 2`` ->
+    ``--extract=2`` and a bare ``--extract`` -> ``--extract=DEFAULT``. Only a whole number
+    is taken as the value, so ``--extract "write a script"`` leaves the prompt alone."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            out.extend(args[index:])
+            break
+        index += 1
+        if arg in optional:
+            following = args[index] if index < len(args) else None
+            if following is not None and _NUMBER.match(following):
+                out.append(f"{arg}={following}")
+                index += 1
+            else:
+                out.append(f"{arg}={optional[arg]}")
+            continue
+        out.append(arg)
+    return out
+
+
+class OptionalValueCommand(TyperCommand):
+    """A command whose ``OPTIONAL`` options may be given without a value (click cannot
+    say that through typer)."""
+
+    OPTIONAL: ClassVar[dict[str, str]] = {"--extract": "-1"}
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, optional_values(args, self.OPTIONAL))

@@ -7,6 +7,8 @@ or a user is neutralised before it reaches a terminal.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import time
 from dataclasses import asdict
@@ -19,6 +21,8 @@ from mixchat.transcript import (
     conversation_header,
     from_json,
     message_meta,
+    parse_json,
+    preset_name,
     to_json,
     to_markdown,
     to_text,
@@ -34,6 +38,11 @@ def _out(text: str) -> None:
     sys.stdout.write((for_terminal(text) if sys.stdout.isatty() else scrub_surrogates(text)) + "\n")
 
 
+def _path_text(path: str) -> str:
+    """A path for a line on stderr: controls visible, and on one line."""
+    return for_terminal(path).replace("\n", "\\n")
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
@@ -45,7 +54,7 @@ def _one_line(text: str, width: int) -> str:
 
 def list_conversations(limit: int, as_json: bool) -> None:
     """Print saved conversations, newest first."""
-    with ConversationStore.open() as store:
+    with ConversationStore.open(create=False) as store:
         rows = store.list_conversations(limit=limit)
     if as_json:
         print(safe_json([asdict(r) for r in rows]))
@@ -64,11 +73,12 @@ def list_conversations(limit: int, as_json: bool) -> None:
 
 def show_conversation(conversation_id: str, as_json: bool) -> None:
     """Print one conversation as a transcript, or as JSON with metadata and messages."""
-    with ConversationStore.open() as store:
+    with ConversationStore.open(create=False) as store:
         conv = store.get_conversation(conversation_id)
     if as_json:
         payload = {
             **conversation_header(conv),
+            "preset": preset_name(conv),
             "messages": [
                 {"id": m.id, "role": m.role.value, "content": m.content, **message_meta(m)}
                 for m in conv.messages
@@ -81,7 +91,7 @@ def show_conversation(conversation_id: str, as_json: bool) -> None:
 
 def search_messages(query: str, limit: int, as_json: bool) -> None:
     """Print messages matching ``query`` with their conversation."""
-    with ConversationStore.open() as store:
+    with ConversationStore.open(create=False) as store:
         hits = store.search(query, limit=limit)
     if as_json:
         print(
@@ -111,11 +121,15 @@ def search_messages(query: str, limit: int, as_json: bool) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def export_conversation(conversation_id: str, fmt: str, output: Path | None) -> None:
-    """Write a conversation as Markdown or JSON to ``output`` or stdout."""
+def export_conversation(conversation_id: str, fmt: str, output: str | None) -> None:
+    """Write a conversation as Markdown or JSON to ``output`` or stdout.
+
+    ``output`` is written through ``safefile``: atomically, never through a planted link,
+    a FIFO or ``/dev/stdout`` written in place, a new file private (0600).
+    """
     if fmt not in ("md", "json"):
         raise TranscriptError(f"--format {fmt}: expected md or json")
-    with ConversationStore.open() as store:
+    with ConversationStore.open(create=False) as store:
         conv = store.get_conversation(conversation_id)
     text = (
         json.dumps(to_json(conv), ensure_ascii=False, indent=2) + "\n"
@@ -127,32 +141,61 @@ def export_conversation(conversation_id: str, fmt: str, output: Path | None) -> 
             text = for_terminal(text)
         sys.stdout.write(text)
         return
-    tmp = output.with_name(output.name + ".tmp")
+    from mixchat.safefile import write_text
+
+    write_text(output, text, private=True)
+    print(f"exported {conv.id[:SHORT_ID]} to {_path_text(output)}", file=sys.stderr)
+
+
+def _read_bounded(file: Path, limit: int) -> bytes:
+    """The bytes of ``file`` (``-``: stdin), at most ``limit`` of them: /dev/zero or an
+    endless pipe is refused once the limit is passed, not read until memory runs out."""
+    too_big = TranscriptError(
+        f"{file}: larger than import_max_bytes ({limit:,} bytes); raise it in config.toml"
+        " or with MIXCHAT_IMPORT_MAX_BYTES to import a bigger file"
+    )
     try:
-        tmp.write_text(text, encoding="utf-8", errors="surrogatepass")
-        tmp.replace(output)
+        if str(file) == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(file, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if stat.S_ISDIR(info.st_mode):
+                    raise IsADirectoryError(21, "Is a directory")
+                if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+                    raise too_big
+                data = handle.read(limit + 1)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TranscriptError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    print(f"exported {conv.id[:SHORT_ID]} to {for_terminal(str(output))}", file=sys.stderr)
+        from mixchat.safefile import reason
+
+        raise TranscriptError(f"{file}: cannot read: {reason(exc)}") from None
+    if len(data) > limit:
+        raise too_big
+    return data
 
 
 def import_conversation(file: Path) -> None:
     """Import a JSON export (or an OpenAI ``messages`` list) as a new conversation."""
+    from mixchat.config import load_settings
+
+    raw = _read_bounded(file, load_settings().import_max_bytes)
     try:
-        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-    except OSError as exc:
-        raise TranscriptError(f"{file}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise TranscriptError(f"{file}: not valid JSON: {exc}") from None
-    try:
-        conv = from_json(data)
+        conv = from_json(parse_json(raw))
     except TranscriptError as exc:
         raise TranscriptError(f"{file}: {exc}") from None
     with ConversationStore.open() as store:
         saved = store.import_conversation(conv)
+    pairs = [(conv.created_at, saved.created_at), (conv.updated_at, saved.updated_at)]
+    pairs += [
+        (a.created_at, b.created_at) for a, b in zip(conv.messages, saved.messages, strict=True)
+    ]
+    moved = sum(before != after for before, after in pairs)
+    if moved:
+        print(
+            f"mixchat: {_path_text(str(file))}: {moved} time{'s' if moved > 1 else ''} out of"
+            " range corrected (in the future: now; before 1970: 1970)",
+            file=sys.stderr,
+        )
     print(saved.id)
 
 
@@ -205,6 +248,7 @@ def show_config(as_json: bool) -> None:
         "config_file": str(paths.config_file()),
         "database": str(paths.database_file()),
         "themes_dir": str(paths.user_themes_dir()),
+        "presets_dir": str(paths.presets_dir()),
         "cache_dir": str(paths.cache_dir()),
     }
     if as_json:

@@ -154,6 +154,18 @@ class EngineError(Exception):
     """A problem the user can fix (model missing, bad option); message is one line."""
 
 
+class DownloadRefused(EngineError):
+    """A model was not downloaded: it would not fit this machine in the mode chosen, or
+    not fit the disk. ``offer`` holds the settings that would fit (e.g.
+    ``{"quantization": "4bit"}``; empty when none would) and ``flags`` the same as
+    command-line flags (``--4bit``)."""
+
+    def __init__(self, message: str, offer: dict[str, str] | None = None, flags: str = "") -> None:
+        super().__init__(message)
+        self.offer = dict(offer or {})
+        self.flags = flags
+
+
 class Engine(Protocol):
     """What the UI and CLI need from a model backend."""
 

@@ -193,7 +193,13 @@ class RemoteEngine:
             "Accept-Encoding": "identity",  # a compressed body could not be bounded
             "User-Agent": "mixchat",
         }
-        return http.Client(headers=headers, follow_redirects=False)
+        # No connection is kept for the next request: a server closes idle keep-alive
+        # connections when it likes (after a 429, or a few seconds idle), and a request
+        # sent on one it has just closed fails with "disconnected without a response",
+        # a race no client can see coming. A fresh connection per reply costs a handshake
+        # against seconds of generation.
+        limits = http.Limits(max_keepalive_connections=0)
+        return http.Client(headers=headers, follow_redirects=False, limits=limits)
 
     # -- loading ----------------------------------------------------------
 

@@ -21,6 +21,7 @@ from mixchat.config import Settings
 from mixchat.conversation import Message
 from mixchat.engine.base import (
     ContextTrimmed,
+    DownloadRefused,
     EngineError,
     Event,
     Failed,
@@ -65,6 +66,9 @@ class TransformersEngine:
         self._loading = False  # the model thread is reading weights (cannot be stopped)
         self._counter: ChatTokenizer | None = None  # count_tokens' own tokenizer
         self._counter_lock = threading.Lock()
+        self._stop_download = threading.Event()  # set by close(): a download stops
+        self._locator: Any = None  # resolve.ModelLocator, made on first use
+        self._refused: DownloadRefused | None = None  # why the last load refused to download
 
     # -- the model thread -------------------------------------------------
 
@@ -128,9 +132,7 @@ class TransformersEngine:
     def load_tokenizer(self) -> ChatTokenizer:
         """Resolve the model and load only its tokenizer (no weights)."""
         if self._tokenizer is None:
-            from mixchat.engine.resolve import resolve_model_dir
-
-            self._model_dir = resolve_model_dir(self.settings.model)
+            self._model_dir = self._model_locator().directory(weights=False)
             self._tokenizer = ChatTokenizer(
                 self._model_dir, trust_remote_code=self.settings.trust_remote_code
             )
@@ -143,10 +145,22 @@ class TransformersEngine:
         old turns left out; needs only the tokenizer, not the weights."""
         self.load_tokenizer().build(messages, system_prompt, max_new_tokens)
 
+    def _model_locator(self) -> Any:
+        """Finds (and, from the hub, checks and downloads) the model; one per engine."""
+        if self._locator is None:
+            from mixchat.engine.resolve import ModelLocator
+
+            self._locator = ModelLocator(self.settings, self._stop_download)
+        return self._locator
+
     def load(self) -> Iterator[LoadProgress | Notice]:
-        """Load tokenizer and weights on the model thread, yielding progress."""
+        """Load tokenizer and weights on the model thread, yielding progress. A download
+        the checks refuse raises ``DownloadRefused`` (with what would fit)."""
         for event in self._submit(self._load_job, threading.Event(), wait_on_abandon=False):
             if isinstance(event, Failed):
+                refused, self._refused = self._refused, None
+                if refused is not None and str(refused) == event.message:
+                    raise refused
                 raise EngineError(event.message)
             yield event
 
@@ -156,15 +170,16 @@ class TransformersEngine:
         self._loading = True
         try:
             self._load(emit)
+        except DownloadRefused as exc:
+            self._refused = exc  # load() raises it, offer and all, on the caller's side
+            raise
         finally:
             self._loading = False
 
     def _load(self, emit: Callable[[Any], None]) -> None:
-        from mixchat.engine.resolve import resolve_model_dir
-
         progress = emit  # loaders report LoadProgress events themselves
         emit(LoadProgress("resolve", 0, 1, self.settings.model))
-        self._model_dir = resolve_model_dir(self.settings.model, progress)
+        self._model_dir = self._model_locator().directory(progress=progress)
         # torch is imported only once the model is known to be there: a missing model
         # is reported at once, not after seconds of importing.
         from mixchat.engine.local.loader import load_model
@@ -304,7 +319,9 @@ class TransformersEngine:
 
     def close(self) -> None:
         """Stop the model thread and drop the model (without waiting for a load in
-        progress: the process is about to drop it anyway)."""
+        progress: the process is about to drop it anyway). A download stops at its next
+        chunk, keeping the files it finished."""
+        self._stop_download.set()
         self._jobs.put(None)
         if not self._loading:
             self._thread.join(timeout=10)

@@ -178,6 +178,11 @@ ACTIONS: tuple[Action, ...] = (
         "your conversations (messages are saved)", action="app.pop_screen",
     ),
     Action("setup_retry", "r", W.SETUP, "Try again", "try to load the model again", action="retry"),
+    Action(
+        "setup_accept_offer", "o", W.SETUP, "Load what fits",
+        "download and load the model with the settings that fit this machine (when offered)",
+        action="accept_offer",
+    ),
 )  # fmt: skip
 
 BY_ID: dict[str, Action] = {action.id: action for action in ACTIONS}

@@ -21,7 +21,8 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from mixchat.config import Settings, SettingsSources
-from mixchat.engine.base import Engine, EngineError, LoadProgress, Notice
+from mixchat.engine.base import DownloadRefused, Engine, EngineError, LoadProgress, Notice
+from mixchat.presets import Preset
 from mixchat.store import ConversationStore
 from mixchat.textsafe import neutralize
 from mixchat.tui.actions import Where, bindings
@@ -58,21 +59,28 @@ class MixchatApp(App[None]):
         flags: Mapping[str, Any] | None = None,
         check_machine: MachineCheck | None = None,
         keymap: Keymap | None = None,
+        keymap_problem: str | None = None,
+        preset: Preset | None = None,
     ) -> None:
         """``check_machine`` sums up what ``mixchat doctor`` finds, for the screen shown
         when no model loads; it runs on a worker thread (it imports torch). ``keymap``:
-        the user's keys (``mixchat.tui.keymap.load_keymap`` checked them)."""
+        the user's keys (``mixchat.tui.keymap.load_keymap`` checked them);
+        ``keymap_problem``: its bad entries, left out, shown once when the app starts."""
         super().__init__()
         self.keymap = keymap or DEFAULT_KEYMAP
+        self.keymap_problem = keymap_problem
         self.set_keymap(self.keymap.textual_keymap())
-        # ``settings``: defaults, config and environment; ``flags``: the command line's.
-        self.sources = SettingsSources(settings, dict(flags or {}))
+        # ``settings``: defaults, config and environment; ``flags``: the command line's;
+        # ``preset``: --preset's, for new conversations.
+        self.sources = SettingsSources(settings, dict(flags or {}), preset)
         self.settings = self.sources.effective()
         self.engine_factory = engine_factory
         self.store = store
         self.resume_id = resume_id
         self.engine: Engine | None = None
         self.model_error: str | None = None  # why the model did not load
+        self.model_offer: tuple[dict[str, str], str] | None = None  # settings that would fit
+        self._loading_engine: Engine | None = None  # closed on quit: stops a download
         self.check_machine = check_machine
         self.themes = ThemeManager(self, on_saved=on_theme_saved)
         self._model_settled = asyncio.Event()
@@ -124,6 +132,10 @@ class MixchatApp(App[None]):
 
     async def on_mount(self) -> None:
         self.themes.install(self.settings.theme)
+        if self.keymap_problem is not None:
+            self.notify(
+                self.keymap_problem, title="Keymap", severity="warning", timeout=15, markup=False
+            )
         self.load_model()
 
     # -- the model ----------------------------------------------------------
@@ -147,6 +159,7 @@ class MixchatApp(App[None]):
         except Exception as exc:  # a broken factory is a load failure like any other
             self.post_message(ModelFailed(f"{type(exc).__name__}: {exc}"))
             return
+        self._loading_engine = engine
         try:
             for event in engine.load():
                 if isinstance(event, LoadProgress):
@@ -156,8 +169,13 @@ class MixchatApp(App[None]):
         except Exception as exc:
             engine.close()
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-            self.post_message(ModelFailed(message))
+            if isinstance(exc, DownloadRefused) and exc.offer:
+                self.post_message(ModelFailed(message, exc.offer, exc.flags))
+            else:
+                self.post_message(ModelFailed(message))
             return
+        finally:
+            self._loading_engine = None
         if not self.post_message(ModelReady(engine, engine.info())):
             engine.close()  # the app is closing: nobody will use it
 
@@ -179,6 +197,7 @@ class MixchatApp(App[None]):
     @on(ModelFailed)
     def on_model_failed(self, message: ModelFailed) -> None:
         self.model_error = message.error
+        self.model_offer = (message.offer, message.flags) if message.offer else None
         self.chat_screen.model_failed(message.error)
         if self.resume_id is None and self.chat_screen.conversation is None:
             self.action_model_setup()  # the first run: nothing else to show
@@ -199,9 +218,24 @@ class MixchatApp(App[None]):
             return
         if not isinstance(self.screen, ModelSetupScreen):
             screen = ModelSetupScreen(
-                self.model_error, self.settings, self.check_machine, self.load_model
+                self.model_error,
+                self.settings,
+                self.check_machine,
+                self.load_model,
+                offer=self.model_offer,
+                accept=self.accept_offer,
             )
             self.push_screen(screen)
+
+    def accept_offer(self, offer: dict[str, str]) -> None:
+        """Load with the settings a refused download offered (``--4bit``, say), as if they
+        had been given on the command line."""
+        self.sources = self.sources.with_flags(offer)
+        self.settings = self.sources.effective()
+        control = self.chat_screen.control
+        control.sources = control.sources.with_flags(offer)
+        self.model_offer = None
+        self.load_model()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker errors end up: shown, never fatal."""
@@ -251,5 +285,6 @@ class MixchatApp(App[None]):
         self.exit()
 
     def on_unmount(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
+        for engine in (self.engine, self._loading_engine):
+            if engine is not None:
+                engine.close()  # a download in progress stops, keeping its finished files

@@ -4,7 +4,7 @@
 [keymap]
 new = "ctrl+k"              # action id = key
 newline = "alt+enter,ctrl+j" # or several, comma-separated (or a TOML list)
-export_markdown = "f6"      # actions without a default key can be given one
+export_markdown = "f9"      # actions without a default key can be given one
 copy_code = ""              # no key (still in the command palette)
 ```
 
@@ -13,9 +13,9 @@ Key names are Textual's: modifiers ``ctrl``, ``alt``, ``shift``, ``super``, ``me
 ``question_mark``...); ``Ctrl+S`` and ``esc`` are understood too. An entry is refused when
 the action is unknown, the key cannot be parsed, the key belongs to something else where
 the action applies (a letter in the message box would be typed, Ctrl+W deletes a word
-there, Tab moves the focus) or another action has the key in the same place. The command
-line reports the first problem in one line and exits 2 (``load_keymap``); the app is
-given a valid ``Keymap``.
+there, Tab moves the focus) or another action has the key in the same place. The
+app leaves bad entries out (their actions keep their default keys) and says so in one
+notification naming each of them (``load_keymap``); it always starts.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from textual.binding import Binding, BindingType
 from textual.dom import DOMNode
 from textual.keys import Keys
 
-from mixchat.config import ConfigError
 from mixchat.tui.actions import ACTIONS, BY_ID, Action, Where, unbound_key
 from mixchat.tui.compat import KEY_NAME_REPLACEMENTS, KEY_TO_UNICODE_NAME, REPLACED_KEYS
 
@@ -247,27 +246,37 @@ def _values(value: Any) -> list[str]:
     raise KeyParseError('must be a key like "ctrl+n", keys separated by commas, or a list')
 
 
-def parse_entries(table: Mapping[str, Any]) -> Keymap:
-    """Check ``table`` (action id -> keys) and make the keymap; ``ValueError`` with the
-    entry's name and the problem, for the first bad entry."""
+def parse_entries(table: Mapping[str, Any]) -> tuple[Keymap, list[str]]:
+    """Check ``table`` (action id -> keys) and make the keymap of its good entries; the
+    problems of the bad ones (each names its entry), which keep their default keys."""
     changed: dict[str, tuple[str, ...]] = {}
+    problems: list[str] = []
     for action_id, value in table.items():
-        action = BY_ID.get(str(action_id))
-        if action is None:
-            close = difflib.get_close_matches(str(action_id), list(BY_ID), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown action {str(action_id)!r}{hint}")
         try:
-            keys = tuple(dict.fromkeys(parse_key(v) for v in _values(value)))
-        except KeyParseError as exc:
-            raise ValueError(f"{action_id}: {exc}") from None
-        if not keys and action.id == "send":
-            raise ValueError("send: needs a key (nothing else sends a message)")
-        _check_free(action, keys)
+            action, keys = _entry(str(action_id), value)
+            _check_free(action, keys)
+            _check_clashes(Keymap({**changed, action.id: keys}), {action.id: keys})
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
         changed[action.id] = keys
-    keymap = Keymap(changed)
-    _check_clashes(keymap, changed)
-    return keymap
+    return Keymap(changed), problems
+
+
+def _entry(action_id: str, value: Any) -> tuple[Action, tuple[str, ...]]:
+    """The action an entry names and its keys (Textual names); ``ValueError`` if bad."""
+    action = BY_ID.get(action_id)
+    if action is None:
+        close = difflib.get_close_matches(action_id, list(BY_ID), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown action {action_id!r}{hint}")
+    try:
+        keys = tuple(dict.fromkeys(parse_key(v) for v in _values(value)))
+    except KeyParseError as exc:
+        raise ValueError(f"{action_id}: {exc}") from None
+    if not keys and action.id == "send":
+        raise ValueError("send: needs a key (nothing else sends a message)")
+    return action, keys
 
 
 def _check_free(action: Action, keys: Iterable[str], *, defaults_too: bool = False) -> None:
@@ -301,17 +310,18 @@ def _check_clashes(keymap: Keymap, changed: Mapping[str, tuple[str, ...]]) -> No
                 raise ValueError(f"{mine.id}: {key!r} is already the key of {other.id}")
 
 
-def load_keymap(table: Any, source: str) -> Keymap:
-    """The ``[keymap]`` table of ``source`` (a config file) as a ``Keymap``; a bad entry
-    is a ``ConfigError`` naming the file and the entry."""
+def load_keymap(table: Any, source: str) -> tuple[Keymap, str | None]:
+    """The ``[keymap]`` table of ``source`` (a config file) as a ``Keymap``, and one line
+    naming every bad entry (None: all good). Bad entries are left out: the app starts
+    with their actions' default keys and shows that line."""
     if table is None:
-        return DEFAULT_KEYMAP
+        return DEFAULT_KEYMAP, None
     if not isinstance(table, Mapping):
-        raise ConfigError(f'{source}: keymap must be a table: [keymap] with action = "key"')
-    try:
-        return parse_entries(table)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: keymap: {exc}") from None
+        return DEFAULT_KEYMAP, f'{source}: keymap must be a table: [keymap] with action = "key"'
+    keymap, problems = parse_entries(table)
+    if not problems:
+        return keymap, None
+    return keymap, f"{source}: keymap: {'; '.join(problems)} (default keys kept)"
 
 
 def keymap_of(node: DOMNode) -> Keymap:

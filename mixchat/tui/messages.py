@@ -34,9 +34,12 @@ class ModelReady(Message):
 
 @dataclass
 class ModelFailed(Message):
-    """The model could not be loaded; ``error`` is one line."""
+    """The model could not be loaded; ``error`` is one line. A download refused before it
+    began carries the settings that would fit (``offer``) and their flags."""
 
     error: str
+    offer: dict[str, str] | None = None
+    flags: str = ""
 
 
 @dataclass

@@ -47,7 +47,7 @@ class ShownConversation:
         await self._chat.remove_last(max(0, len(self._shown) - index))
         del self._shown[index:]
 
-    async def catch_up(self, messages: list[Message]) -> bool:
+    async def follow(self, messages: list[Message]) -> bool:
         """Show ``messages`` (the store's), redrawing from the first that differs.
         True if anything changed."""
         fresh = [_key(m) for m in messages]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tests.e2e.helpers import mixchat_exe
 
@@ -39,22 +39,25 @@ def cli(
     env: dict[str, str] | None = None,
     timeout: float = 120,
     preexec_fn: Callable[[], None] | None = None,
+    stdout: IO[bytes] | None = None,
 ) -> Result:
-    """Run ``mixchat args...`` with stdout and stderr as pipes; bytes args pass as is."""
+    """Run ``mixchat args...`` with stdout and stderr as pipes; bytes args pass as is.
+    ``stdout``: an open file to give the command as its stdout instead of a pipe."""
     data = stdin.encode() if isinstance(stdin, str) else stdin
     done = subprocess.run(
         [mixchat_exe(), *args],
         input=data,
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         timeout=timeout,
         env={**os.environ, **(env or {})},
         preexec_fn=preexec_fn,
     )
     return Result(
         done.returncode,
-        done.stdout.decode("utf-8", "surrogateescape"),
+        (done.stdout or b"").decode("utf-8", "surrogateescape"),
         done.stderr.decode("utf-8", "surrogateescape"),
-        done.stdout,
+        done.stdout or b"",
     )
 
 

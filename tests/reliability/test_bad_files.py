@@ -175,12 +175,12 @@ def test_bad_config_file_stops_the_commands_that_read_it(tmp_path: Path, tiny_mo
         "ask": ["ask", "--model", str(tiny_model), "hi"],
         "config": ["config"],
         "app": [],
+        "import": ["import", str(import_file)],  # reads import_max_bytes
     }
     others = {
         "list": ["list"],
         "show": ["show", CONV_ID[:6]],
         "search": ["search", "zebra"],
-        "import": ["import", str(import_file)],
     }
     cases = []
     for name, content in [*BAD_CONFIGS.items(), ("directory", b"")]:

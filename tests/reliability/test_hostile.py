@@ -83,8 +83,11 @@ def test_hostile_prompt_text_stays_plain_text(tiny_model: Path, tmp_path: Path) 
         ]
     }
     (tmp_path / "c.json").write_text(json.dumps(export))
-    assert cli("import", str(tmp_path / "c.json")).code == 0
-    shown = cli("ask", "--model", str(tiny_model), "-c", "--show-prompt", "--json", "next")
+    imported = cli("import", str(tmp_path / "c.json"))
+    assert imported.code == 0, imported.err
+    conv = imported.out.strip()  # an import is not "used" here until continued: name it
+    shown = cli("ask", "--model", str(tiny_model), "--conversation", conv, "--show-prompt",
+                "--json", "next")  # fmt: skip
     assert shown.code == 0, shown.err
     ids = json.loads(shown.out)["ids"]
     assert ids.count(BOS) == 1 and ids.count(EOS) == 1

@@ -221,7 +221,7 @@ def test_kill_9_at_random_moments_while_asking(
     assert rows(db, "SELECT count(*) FROM conversations WHERE message_count = 0")[0][0] == 0
 
     # The next `ask -c` continues the last conversation, partial replies included...
-    last = rows(db, "SELECT id FROM conversations ORDER BY updated_at DESC LIMIT 1")[0]["id"]
+    last = rows(db, "SELECT id FROM conversations ORDER BY used_at DESC LIMIT 1")[0]["id"]
     before = rows(db, "SELECT content FROM messages WHERE conversation_id = ?", (last,))
     shown = cli("ask", "--model", str(tiny_model), "-c", "--show-prompt", "--json", "go on")
     assert shown.code == 0, shown.err

@@ -192,3 +192,28 @@ def test_the_real_wait_retries(hostile: HostileServer) -> None:
     hostile.plan = [h.status(503), OK]
     events = converse(hostile.url, server_retry_max_wait_s=0.01)  # sleeps 0.01 s
     assert text_of(events) == "Hello there" and len(hostile.requests) == 2
+
+
+def test_a_connection_the_server_closed_is_never_reused(hostile: HostileServer) -> None:
+    """The stand-in server closes each connection after its response without saying so
+    (as servers do with idle keep-alive connections), here a moment after the response
+    ends. A pooled connection would carry the next request into that close, failing it
+    with "disconnected without a response" and costing a retry and a notice; each
+    request gets a fresh connection instead."""
+
+    def lingering(handler: h.HostileHandler) -> None:
+        OK(handler)
+        time.sleep(0.3)  # the next request arrives on this connection, then it closes
+
+    hostile.plan = [lingering]
+    engine = engine_for(hostile.url)
+    waits: list[float] = []
+    engine.wait = lambda seconds, cancel: bool(waits.append(seconds))
+    params = GenerationParams(temperature=0.0, max_new_tokens=16)
+    try:
+        for _ in range(3):
+            events = list(engine.stream(HELLO, None, params, threading.Event()))
+            assert text_of(events) == "Hello there" and notices(events) == []
+    finally:
+        engine.close()
+    assert waits == [] and len(hostile.requests) == 3

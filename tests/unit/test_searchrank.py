@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mixchat.searchrank import (
     ELLIPSIS,
+    EXCERPT_SCAN_CHARS,
+    MAX_RANGES,
+    SNIPPET_MAX_CHARS,
     SNIPPET_TOKENS,
+    Match,
     MatchReader,
     QueryWord,
     bm25_scores,
+    mark_excerpt,
     normalize,
     snippet,
 )
@@ -89,3 +99,97 @@ def test_snippet_of_a_long_text_is_the_densest_window() -> None:
     assert head.startswith("[beta] [alpha] w0") and head.endswith(ELLIPSIS)
     tail = snippet(reader.read(" ".join([*words[6:28], f"{S}alpha{E}", f"{S}beta{E}!"])), "<", ">")
     assert tail.endswith("<alpha> <beta>!") and tail.startswith(ELLIPSIS)
+
+
+# -- bounded work: huge messages, many hits -----------------------------------------------
+
+VOCABULARY = ["tea", "Tea", "TEAPOT", "café", "Cafe", "naïve", "x2", "kettle", "kettles"]
+SEPARATORS = [" ", ", ", ".\n", " -- ", "\t", "'", "_"]
+
+
+def fts5_highlight(text: str, query: str) -> str | None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE VIRTUAL TABLE t USING fts5(body, tokenize='unicode61 remove_diacritics 2')"
+    )
+    conn.execute("INSERT INTO t VALUES (?)", (text,))
+    row = conn.execute(
+        "SELECT highlight(t, 0, ?, ?) FROM t WHERE t MATCH ?", (S, E, query)
+    ).fetchone()
+    conn.close()
+    return None if row is None else str(row[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(VOCABULARY), st.sampled_from(SEPARATORS)), max_size=30),
+    st.lists(st.tuples(st.sampled_from(["tea", "cafe", "naive", "kettle", "x2"]), st.booleans()),
+             min_size=1, max_size=3),
+)  # fmt: skip
+def test_excerpts_are_marked_as_fts5_highlights_them(
+    pieces: list[tuple[str, str]], query: list[tuple[str, bool]]
+) -> None:
+    text = "".join(w + sep for w, sep in pieces)
+    fts_query = " OR ".join(f'"{w}"' + ("*" if prefix else "") for w, prefix in query)
+    expected = fts5_highlight(text, fts_query)
+    marked, lo, hi = mark_excerpt(text, [word(w, prefix) for w, prefix in query], S, E)
+    assert (lo, hi) == (0, len(text))
+    if expected is not None:
+        assert marked == expected
+    else:
+        assert S not in marked
+
+
+def test_an_excerpt_is_cut_around_the_first_hit_of_a_huge_text() -> None:
+    filler = "lorem ipsum dolor " * 20_000  # 360,000 characters without the word
+    text = filler + "the kettle sings " + filler
+    marked, lo, hi = mark_excerpt(text, [word("kettle")], S, E)
+    assert f"{S}kettle{E} sings" in marked
+    assert 0 < lo < len(filler) < hi < len(text) and hi - lo < 4000
+    assert marked.replace(S, "").replace(E, "") == text[lo:hi]
+    # Beyond the scanned beginning: the excerpt is the beginning, unmarked.
+    far = "lorem " * (EXCERPT_SCAN_CHARS // 6 + 10) + "kettle"
+    marked, lo, hi = mark_excerpt(far, [word("kettle")], S, E, whole=False)
+    assert lo == 0 and S not in marked and len(marked) < 4000
+
+
+def test_reading_counts_every_hit_but_places_only_the_first() -> None:
+    reader = MatchReader([word("tea")], S, E)
+    match = reader.read(" ".join([f"{S}tea{E}"] * 5000))
+    assert match.counts == [5000] and len(match.ranges) == MAX_RANGES
+    assert match.plain == " ".join(["tea"] * 5000)
+    cut = snippet(match, "[", "]")
+    assert cut.count("[tea]") == SNIPPET_TOKENS and cut.endswith(ELLIPSIS)
+
+
+def test_snippets_stay_short_whatever_the_words() -> None:
+    reader = MatchReader([word("kettle")], S, E)
+    long_words = " ".join(["y" * 5000] * 10 + [f"{S}kettle{E}"] + ["z" * 5000] * 10)
+    cut = snippet(reader.read(long_words), "[", "]")
+    assert "[kettle]" in cut and len(cut) <= SNIPPET_MAX_CHARS + 4
+    assert cut.startswith(ELLIPSIS) and cut.endswith(ELLIPSIS)
+    # A hit deep in a long text: the snippet is found there and cut on both sides.
+    deep = " ".join(["w"] * 20_000 + [f"{S}kettle{E}"] + ["w"] * 20_000)
+    cut = snippet(reader.read(deep), "[", "]")
+    assert "[kettle]" in cut and cut.startswith(ELLIPSIS) and cut.endswith(ELLIPSIS)
+    # An excerpt says there is more on each side even where its own text ends.
+    excerpt = Match("a kettle b", [(2, 8)], [0], [1], 3, cut_before=True, cut_after=True)
+    assert snippet(excerpt, "[", "]") == f"{ELLIPSIS}a [kettle] b{ELLIPSIS}"
+
+
+def test_excerpt_phrases_and_many_hits_match_fts5() -> None:
+    texts = [
+        "run kubectl-apply then kubectl apply, not kubectl-get; KUBECTL  APPLY!",
+        "café kubectl-apply naïve kubectl apply",
+    ]
+    for text in texts:
+        expected = fts5_highlight(text, '"kubectl apply"')
+        marked, _, _ = mark_excerpt(text, [word("kubectl-apply")], S, E)
+        assert marked == expected
+    many = "tea " * 2000
+    marked, lo, hi = mark_excerpt(many, [word("tea")], S, E)
+    assert (lo, marked.count(S)) == (0, len(many[lo:hi].split()))
+    reader = MatchReader([word("tea")], S, E)
+    counted, placed = reader.read(marked, place=False), reader.read(marked)
+    assert counted.counts == placed.counts and counted.length == placed.length
+    assert counted.ranges == [] and len(placed.ranges) == MAX_RANGES

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixchat.config import FIELDS
-from mixchat.conversation import Conversation, Message, Role, Status, make_title
+from mixchat.conversation import Attachment, Conversation, Message, Role, Status, make_title
 from mixchat.store import ConversationStore
 from mixchat.transcript import (
     FORMAT_NAME,
@@ -49,7 +49,9 @@ HOSTILE = [
 
 contents = st.lists(st.one_of(st.text(), st.sampled_from(HOSTILE)), max_size=6).map("".join)
 finite = st.floats(allow_nan=False, allow_infinity=False)
-timestamps = st.floats(min_value=1.0, max_value=4e9, allow_nan=False)
+# Up to a fixed time in the past (2023): the store brings times from the future back to
+# its clock (tested on their own below), so only those round-trip exactly through it.
+timestamps = st.floats(min_value=1.0, max_value=1.7e9, allow_nan=False)
 counts = st.none() | st.integers(min_value=0, max_value=2**40)
 seconds = st.none() | st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
 
@@ -69,6 +71,16 @@ messages = st.builds(
     ttft_s=seconds,
     duration_s=seconds,
     created_at=timestamps,
+    finish_reason=st.sampled_from([None, "stop", "length"]),
+    attachments=st.lists(
+        st.builds(
+            Attachment,
+            name=st.text(),
+            size=st.integers(min_value=0, max_value=2**40),
+            sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
+        ),
+        max_size=2,
+    ),
 )
 
 conversations = st.builds(
@@ -258,17 +270,45 @@ def test_openai_object_with_messages_key_and_extra_fields() -> None:
     assert [m.content for m in conv.messages] == ["q"]
 
 
-def test_system_prompt_field_wins_over_system_message() -> None:
-    conv = from_json(
-        {
+def test_system_messages_that_would_be_lost_are_refused() -> None:
+    """mixchat keeps one system prompt: an import that holds another is refused, saying
+    which message would be lost, never silently dropped."""
+    user = {"role": "user", "content": "x"}
+    cases = {
+        "differs from the 'system_prompt' field": {
             "system_prompt": "field",
-            "messages": [
-                {"role": "system", "content": "message"},
-                {"role": "user", "content": "x"},
-            ],
-        }
+            "messages": [{"role": "system", "content": "message"}, user],
+        },
+        "after the conversation started": [
+            {"role": "system", "content": "first"},
+            user,
+            {"role": "system", "content": "second\nline"},
+        ],
+        "message 1 is a system message": [
+            {"role": "system", "content": "one"},
+            {"role": "system", "content": "one"},  # even a repeat: its place would be lost
+            user,
+        ],
+        "message 2 is a system message": {
+            "messages": [user, user, {"role": "system", "content": ""}]
+        },
+    }
+    for needle, data in cases.items():
+        with pytest.raises(TranscriptError, match="system message") as err:
+            from_json(data)
+        assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+        assert "lost" in str(err.value)
+
+
+def test_one_system_message_matching_the_field_is_the_system_prompt() -> None:
+    assert (
+        from_json(
+            {"system_prompt": "same", "messages": [{"role": "system", "content": "same"}, USER]}
+        ).system_prompt
+        == "same"
     )
-    assert conv.system_prompt == "field"
+    assert from_json([{"role": "system", "content": "only"}, USER]).system_prompt == "only"
+    assert from_json({"system_prompt": "field", "messages": [USER]}).system_prompt == "field"
 
 
 # -- from_json: rejected inputs ------------------------------------------------------

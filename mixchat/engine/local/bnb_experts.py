@@ -172,6 +172,29 @@ class QuantizedMixtralExperts(nn.Module):
         if name not in self._buffers:
             self.register_buffer(name, value.detach().to(self.storage_device).clone())
 
+    def packed_names(self) -> set[str]:
+        """The buffers a complete module holds (what ``load_packed`` takes)."""
+        if self.mode == "8bit":
+            return {f"{p}_{part}" for p in PROJECTIONS for part in ("weight", "scale")}
+        names = {f"{p}_{part}" for p in PROJECTIONS for part in ("weight", "absmax")}
+        if self.double_quant:
+            names |= {f"{p}_{part}" for p in PROJECTIONS for part in ("nested_absmax", "offset")}
+            names.add("nested_quant_map")
+        return names | {"quant_map"}
+
+    def load_packed(self, buffers: dict[str, torch.Tensor]) -> None:
+        """Take already quantized buffers (as ``state_dict`` gave them) instead of
+        quantizing: every expert counts as set. Raises ``ValueError`` when a buffer is
+        missing, unknown, or not one per expert."""
+        if set(buffers) != self.packed_names():
+            raise ValueError(f"experts buffers {sorted(buffers)} != {sorted(self.packed_names())}")
+        for name, value in buffers.items():
+            per_expert = "quant_map" not in name
+            if per_expert and (value.dim() == 0 or value.shape[0] != self.num_experts):
+                raise ValueError(f"{name}: shape {tuple(value.shape)} is not per expert")
+            self.register_buffer(name, value.to(self.storage_device))
+        self._filled = {(p, e) for p in PROJECTIONS for e in range(self.num_experts)}
+
     def missing(self) -> list[str]:
         """Expert weights not set yet, e.g. ``['gate_up[3]']``; empty once complete."""
         return [

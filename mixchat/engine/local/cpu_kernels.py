@@ -114,6 +114,16 @@ def pack_weight(mode: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return quantize_int4(weight, group) if group else quantize_int8(weight)
 
 
+def packed_shapes(
+    mode: str, out_features: int, in_features: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes ``pack_weight`` gives an ``[out, in]`` weight: (pack, scales)."""
+    group = int4_group(out_features, in_features) if mode == "4bit" else None
+    if group:
+        return (out_features, in_features // 2), (in_features // group, out_features, 2)
+    return (out_features, in_features), (out_features,)
+
+
 def unpack_weight(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     if scales.dim() == 3:
         return unpack_int4(packed, scales)
@@ -137,6 +147,13 @@ class CpuQuantizedLinear(nn.Module):
             )
         packed, scales = pack_weight(self.mode, weight.to("cpu"))
         self.weight_packed, self.weight_scales = packed, scales
+
+    def load_packed(self, packed: torch.Tensor, scales: torch.Tensor) -> None:
+        """Take an already packed weight (``ValueError`` when its shapes do not fit)."""
+        expected = packed_shapes(self.mode, self.out_features, self.in_features)
+        if (tuple(packed.shape), tuple(scales.shape)) != expected:
+            raise ValueError(f"packed shapes {packed.shape}, {scales.shape} != {expected}")
+        self.weight_packed, self.weight_scales = packed.to("cpu"), scales.to("cpu")
 
     def dequantized(self) -> torch.Tensor:
         """The weight back in fp32 (for checks and tests)."""
@@ -196,6 +213,25 @@ class CpuQuantizedExperts(nn.Module):
                 self.register_buffer(name, buffer)
             buffer[index].copy_(value)
         self._filled.add((proj, index))
+
+    def load_packed(self, buffers: dict[str, torch.Tensor]) -> None:
+        """Take already packed buffers (as ``state_dict`` gave them) instead of packing:
+        every expert counts as set. Raises ``ValueError`` when one is missing or unknown,
+        or its shape is not the pack of this module's weights."""
+        wanted = {f"{p}_{part}" for p in PROJECTIONS for part in ("packed", "scales")}
+        if set(buffers) != wanted:
+            raise ValueError(f"experts buffers {sorted(buffers)} != {sorted(wanted)}")
+        for proj in PROJECTIONS:
+            packed, scales = buffers[f"{proj}_packed"], buffers[f"{proj}_scales"]
+            expected = packed_shapes(self.mode, *self.shapes[proj])
+            got = (tuple(packed.shape[1:]), tuple(scales.shape[1:]))
+            if packed.shape[0] != self.num_experts or scales.shape[0] != self.num_experts:
+                raise ValueError(f"{proj}: not one pack per expert")
+            if got != expected:
+                raise ValueError(f"{proj}: packed shapes {got} != {expected}")
+            self.register_buffer(f"{proj}_packed", packed.to("cpu"))
+            self.register_buffer(f"{proj}_scales", scales.to("cpu"))
+        self._filled = {(p, e) for p in PROJECTIONS for e in range(self.num_experts)}
 
     def missing(self) -> list[str]:
         """Expert weights not set yet, e.g. ``['gate_up[3]']``; empty once complete."""

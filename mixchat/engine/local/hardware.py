@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GB = 10**9
 # Assumptions when nothing is measured or given (doctor says which it used). GPU: an RTX
@@ -94,6 +96,17 @@ def total_ram() -> int | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def free_disk(path: Path) -> int | None:
+    """Bytes free for an unprivileged user on the file system that holds ``path`` (or its
+    nearest existing parent: a cache directory may not exist yet); ``None`` if unknown."""
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
 
 
 def probe(measure: bool = False) -> Machine:

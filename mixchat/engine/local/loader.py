@@ -110,8 +110,14 @@ def load_model(
                 "--cpu-experts needs --4bit or --8bit (the CPU kernels compute quantized experts)"
             )
     if settings.quantization != "none" and mixtral:
+        from mixchat.engine.local.quant_cache import QuantCache
         from mixchat.engine.local.quantized import load_quantized_mixtral
 
+        cache = None
+        if settings.quant_cache:
+            cache = QuantCache(
+                model_dir, settings.quantization, dtype, settings.double_quant, emit_notice
+            )
         with _load_errors(model_dir):
             model = load_quantized_mixtral(
                 model_dir,
@@ -121,6 +127,7 @@ def load_model(
                 double_quant=settings.double_quant,
                 progress=progress,
                 attention=attention,
+                cache=cache,
             )
         return _loaded(model, dtype, settings.quantization, attention)
     from mixchat.engine.local.stock import load_stock

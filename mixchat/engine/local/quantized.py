@@ -36,6 +36,7 @@ from mixchat.engine.local.checkpoint import iter_tensors, shard_files
 from mixchat.engine.local.cpu_kernels import CpuQuantizedExperts, CpuQuantizedLinear, check_kernels
 from mixchat.engine.local.placement import Placement
 from mixchat.engine.local.progress import ProgressCallback
+from mixchat.engine.local.quant_cache import QuantCache
 
 _EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(w[123])\.weight$")
 _FUSED_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
@@ -191,6 +192,7 @@ def load_quantized_mixtral(
     progress: ProgressCallback | None = None,
     attention: str = "sdpa",
     cpu_kernels: bool = True,
+    cache: QuantCache | None = None,
 ) -> Any:
     """Load a Mixtral checkpoint with every expert and attention projection quantized.
 
@@ -200,7 +202,8 @@ def load_quantized_mixtral(
     Weights stream shard by shard, one tensor at a time, onto ``device`` (or the devices a
     ``Placement`` names); ``progress('weights', done, total)`` counts tensors.
     Raises ``EngineError`` when bitsandbytes cannot run on a device or the checkpoint is
-    incomplete.
+    incomplete. With a ``cache``, the quantized weights come from it when it holds them for
+    this checkpoint and these settings, and are written to it otherwise.
     """
     from transformers import AutoConfig, GenerationConfig
 
@@ -223,14 +226,23 @@ def load_quantized_mixtral(
     if not shards:
         raise EngineError(f"{model_dir}: no model weights (*.safetensors) found")
 
-    model = quantized_skeleton(
-        config, mode, compute_dtype, placement, double_quant, attention, cpu_kernels
-    )
-    stream = _Stream(model, mode, compute_dtype, placement)
-    for handle, key in iter_tensors(shards, progress):
-        stream.feed(handle, key)
-    lacking = [f"layer {layer} expert {e} w1/w3" for (layer, e) in stream.pending]
-    model = finish_quantized_mixtral(model, placement, lacking, source=str(model_dir))
+    def skeleton() -> Any:
+        return quantized_skeleton(
+            config, mode, compute_dtype, placement, double_quant, attention, cpu_kernels
+        )
+
+    cached = cache.load(skeleton, placement, cpu_kernels, progress) if cache else None
+    if cached is not None:
+        model = finish_quantized_mixtral(cached, placement, source="the quantized cache")
+    else:
+        model = skeleton()
+        stream = _Stream(model, mode, compute_dtype, placement)
+        for handle, key in iter_tensors(shards, progress):
+            stream.feed(handle, key)
+        lacking = [f"layer {layer} expert {e} w1/w3" for (layer, e) in stream.pending]
+        model = finish_quantized_mixtral(model, placement, lacking, source=str(model_dir))
+        if cache is not None:
+            cache.save(model, placement, cpu_kernels, progress)
     if (model_dir / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(model_dir)
     return model

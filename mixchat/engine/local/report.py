@@ -17,6 +17,7 @@ from typing import Any
 
 from mixchat.config import Settings
 from mixchat.engine.base import EngineError
+from mixchat.engine.local import quant_cache
 from mixchat.engine.local.hardware import Gpu, Machine
 from mixchat.engine.local.placement import (
     Placement,
@@ -40,6 +41,15 @@ from mixchat.engine.local.sizes import (
 
 OVERHEAD_BYTES = int(1.5 * 10**9)  # CUDA context, activations, allocator slack (dense models)
 ESTIMATE_CONTEXT = 4096  # tokens of KV cache read per decoding step in the speed estimate
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What is known of a model that is not on disk yet (from the hub's listing): its
+    ``config.json`` and its parameter count."""
+
+    config: dict[str, Any]
+    parameters: int | None
 
 
 @dataclass
@@ -77,6 +87,9 @@ class Report:
     assumed_machine: bool = False
     suggestion: str | None = None
     notes: list[str] = field(default_factory=list)
+    quant_cache_dir: str = ""  # quantized weights kept for faster starts
+    quant_cache_entries: int = 0
+    quant_cache_bytes: int = 0
 
 
 def _version(package: str) -> str | None:
@@ -86,7 +99,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
+def _model_facts(
+    settings: Settings, report: Report, facts: ModelFacts | None = None
+) -> dict[str, Any] | None:
     """Fill in the model's size; returns its config when known."""
     import json
 
@@ -94,7 +109,9 @@ def _model_facts(settings: Settings, report: Report) -> dict[str, Any] | None:
 
     config: Any = None
     path = Path(settings.model).expanduser()
-    if path.is_dir():
+    if facts is not None:
+        config, report.parameters = facts.config, facts.parameters
+    elif path.is_dir():
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError):
@@ -206,8 +223,12 @@ def _mixtral_plan(
     report.tokens_per_s = decode_estimate(sizes, placement, shape.layers, machine, cpu_only=False)
 
 
-def diagnose(settings: Settings, machine: Machine) -> Report:
-    """The report for ``settings`` on ``machine`` (``hardware.probe()`` or ``assumed()``)."""
+def diagnose(
+    settings: Settings, machine: Machine, facts: ModelFacts | None = None, libraries: bool = True
+) -> Report:
+    """The report for ``settings`` on ``machine`` (``hardware.probe()`` or ``assumed()``).
+    ``facts`` describe a model not downloaded yet; ``libraries=False`` skips checking that
+    bitsandbytes and the CPU kernels run (which imports torch)."""
     report = Report(
         python=machine.python,
         torch=machine.torch,
@@ -223,13 +244,16 @@ def diagnose(settings: Settings, machine: Machine) -> Report:
         cpu_bandwidth_source=machine.cpu_bandwidth_source,
         assumed_machine=machine.assumed_machine,
     )
+    report.quant_cache_dir = str(quant_cache.directory())
+    report.quant_cache_entries, report.quant_cache_bytes = quant_cache.usage()
     report.bitsandbytes = _version("bitsandbytes")
-    if report.bitsandbytes is not None and not machine.assumed_machine:
+    probe_libraries = libraries and not machine.assumed_machine
+    if report.bitsandbytes is not None and probe_libraries:
         mode = "8bit" if settings.quantization == "8bit" else "4bit"
         report.bitsandbytes_works = _bitsandbytes_works(bool(machine.gpus), mode)
-    report.cpu_kernels = bool(report.torch) and not machine.assumed_machine and _cpu_kernels()
+    report.cpu_kernels = bool(report.torch) and probe_libraries and _cpu_kernels()
     report.flash_attn = _version("flash-attn") or _version("flash_attn")
-    config = _model_facts(settings, report)
+    config = _model_facts(settings, report, facts)
     mixtral = config is not None and config.get("model_type") == "mixtral"
     if mixtral and settings.quantization != "none" and config is not None:
         _mixtral_plan(report, config, settings, machine)
@@ -242,7 +266,20 @@ def diagnose(settings: Settings, machine: Machine) -> Report:
             report.fits = report.needed_bytes <= sum(g.free_bytes for g in report.gpus)
             if not report.fits and mixtral:
                 report.suggestion = "--4bit (with --cpu-experts auto if it still does not fit)"
+        elif machine.ram_available is not None:
+            # The stock loader on the CPU: full precision in the CPU's dtype (fp32 for auto).
+            need = _cpu_dense_bytes(report.parameters, settings) + kv
+            report.ram_needed_bytes = need
+            report.fits_in_ram = need <= machine.ram_available
     return report
+
+
+def _cpu_dense_bytes(parameters: int, settings: Settings) -> int:
+    """Weight bytes of a model the stock loader puts on the CPU."""
+    if settings.quantization != "none":
+        return dense_weight_bytes(parameters, settings.quantization)
+    per_value = {"bfloat16": 2, "float16": 2}.get(settings.dtype, 4)  # auto: fp32 on a CPU
+    return parameters * per_value
 
 
 def _bitsandbytes_works(cuda: bool, quantization: str) -> bool:

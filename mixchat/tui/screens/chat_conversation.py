@@ -141,6 +141,7 @@ class ConversationController:
         screen.edit.end(restore_draft=True)
         self.pending = None
         self.conversation = conversation
+        self.store.mark_used(conversation.id)  # `mixchat -c` / `ask -c` go on with it
         screen.sidebar.current_id = conversation.id
         await screen.shown.show(conversation.messages)
         last = conversation.messages[-1] if conversation.messages else None
@@ -310,7 +311,7 @@ class ConversationController:
             for saved in self.conversation.messages:
                 if saved.id == outcome.message_id:
                     screen.shown.settled(saved)
-            await screen.shown.catch_up(self.conversation.messages)  # and what came from elsewhere
+            await screen.shown.follow(self.conversation.messages)  # and what came from elsewhere
         screen.sidebar.reload()
 
     def notify(self, message: str, **kwargs: object) -> None:

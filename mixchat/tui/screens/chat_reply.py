@@ -95,5 +95,5 @@ class ReplyStream:
         self.generating = False
         screen.status.reply_state = ReplyState.after(outcome)
         if outcome.error:
-            screen.notify(outcome.error, title="Generation failed", severity="error")
+            screen.notify(outcome.error, title="Generation failed", severity="error", markup=False)
         return outcome

@@ -66,7 +66,7 @@ class StoreSync:
         if screen.edit.pending is not None and not screen.edit.still_applies(fresh.messages):
             screen.edit.end(restore_draft=False)
             screen.notify("The conversation changed elsewhere: the edit is cancelled.")
-        if await screen.shown.catch_up(fresh.messages):
+        if await screen.shown.follow(fresh.messages):
             control.count_context()
             control.offer_answer(say=False)
 

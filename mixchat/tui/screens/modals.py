@@ -81,8 +81,11 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
                 yield TextArea(self.current.get("system_prompt") or "", id="system", soft_wrap=True)
                 with Grid(classes="fields"):
                     for key in CONVERSATION_KEYS:
-                        yield Label(Text(OPTIONS[key].doc.capitalize()))
-                        yield Input(_shown(self.current.get(key)), id=key)
+                        option = OPTIONS[key]
+                        yield Label(Text(option.label))
+                        field = Input(_shown(self.current.get(key)), id=key)
+                        field.tooltip = Text(option.doc.capitalize())
+                        yield field
             yield Label("", id="error", classes="error-line")
             with Horizontal(classes="buttons"):
                 keys = keymap_of(self)

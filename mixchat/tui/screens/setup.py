@@ -59,12 +59,18 @@ class ModelSetupScreen(Screen[None]):
         settings: Settings,
         check: MachineCheck | None,
         retry: Callable[[], None],
+        offer: tuple[dict[str, str], str] | None = None,
+        accept: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
+        """``offer``: settings that would fit and their flags, from a refused download;
+        ``accept`` loads with them (key O)."""
         super().__init__()
         self.error = error
         self.settings = settings
         self.check = check
         self.retry = retry
+        self.offer = offer if accept is not None else None
+        self.accept = accept
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="setup"):
@@ -72,6 +78,15 @@ class ModelSetupScreen(Screen[None]):
             yield Static(_line(self.error), id="setup-error", classes="error")
             keys = keymap_of(self)
             retry = keys.say("setup_retry")
+            if self.offer is not None:
+                offer = (
+                    f"{keys.say('setup_accept_offer')}  download and load it with {self.offer[1]}"
+                )
+                yield Static(
+                    Text(f"{offer} (fits this machine)"),
+                    id="setup-offer",
+                    classes="command",
+                )
             yield Static(
                 Text(f"Get one, then start mixchat again or press {retry}:"), classes="heading"
             )
@@ -105,6 +120,17 @@ class ModelSetupScreen(Screen[None]):
         self.query_one("#machine", Static).update(
             Text("\n".join(" ".join(neutralize(line).split()) for line in message.lines))
         )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.offer is not None if action == "accept_offer" else True
+
+    def action_accept_offer(self) -> None:
+        """Load with the settings that fit (``--4bit``, say); the download begins."""
+        if self.offer is None or self.accept is None:
+            return
+        offer = self.offer[0]
+        self.app.pop_screen()
+        self.accept(offer)
 
     def action_retry(self) -> None:
         """Load the model again (after downloading it, say)."""
