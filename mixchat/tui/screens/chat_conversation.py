@@ -3,8 +3,8 @@ answer, regenerate, continue, edit the last message, delete.
 
 Each command is a ``Turn`` (``mixchat.turn``) over the store; this controller decides
 what the screen shows around it. A reply asked for while the model is still loading is
-kept (``pending``) and started once it has loaded. Commands on one message of the
-conversation (copy, edit, regenerate, fork or delete from a chosen message) belong here.
+kept (``pending``) and started once it has loaded. The reply itself streams in through
+``ReplyStream`` (``chat_reply``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mixchat.tui.keymap import Keymap, keymap_of
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Yes/no question; Enter or y confirms, Esc or n cancels."""
+    """A yes/no question; Cancel has the focus. Its keys are ``Where.CONFIRM``'s (Y, Esc, N)."""
 
     BINDINGS = bindings(Where.CONFIRM)
 

@@ -4,8 +4,9 @@ User text is shown as plain text (never markup); assistant text is Markdown. Con
 characters are neutralised before display.
 
 A streaming reply is rendered by ``ReplyRenderer``. It feeds ``Markdown.append``, as
-Textual's ``MarkdownStream`` does, with the deltas the chat screen has coalesced, but
-works around what makes that stream slow down or go wrong as a reply grows:
+Textual's ``MarkdownStream`` does, with the deltas the reply stream
+(``screens/chat_reply``) has coalesced, but works around what makes that stream slow
+down or go wrong as a reply grows:
 
 - a growing top-level code fence is re-parsed and re-highlighted in full on every update:
   while it is open, its ``CodeFence`` is fed the new text directly (see ``code_stream``)
