@@ -485,6 +485,8 @@ def _options() -> dict[str, Option]:
 OPTIONS: dict[str, Option] = _options()
 FIELDS = OPTIONS  # the name the rest of the code base has used for the table
 DEFAULTS = Settings()
+# Tables of config.toml that are not settings; each is read where it is used (read_table).
+TABLES = ("keymap",)
 
 # What a conversation keeps of its settings (its system prompt has a column of its own).
 CONVERSATION_KEYS = tuple(
@@ -542,6 +544,12 @@ def read_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     return data
+
+
+def read_table(name: str, config_path: Path | None = None) -> Any:
+    """The ``[name]`` table of ``config.toml`` as written, or None; it is checked by the
+    code that uses it (``[keymap]``: the app's keys, ``mixchat.tui.keymap``)."""
+    return read_toml(config_path or paths.config_file()).get(name)
 
 
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
@@ -635,6 +643,8 @@ def load_sources(
     path = config_path or paths.config_file()
     table = read_toml(path)
     table.pop(PRESETS_TABLE, None)  # read (and checked) by mixchat.presets when one is used
+    for name in TABLES:  # read where they are used (read_table)
+        table.pop(name, None)
     settings = _apply(Settings(), table, str(path))
     env = os.environ if environ is None else environ
     for key, value in env_values(env).items():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from mixchat import paths
 from mixchat.commands.errors import fail
-from mixchat.config import Settings, load_sources, save_setting
+from mixchat.config import Settings, load_sources, read_table, save_setting
 
 
 def check_machine(settings: Settings) -> list[str]:
@@ -31,6 +32,9 @@ def run_interactive(
         from mixchat.presets import find_preset
 
         sources = sources.with_preset(find_preset(preset))
+    from mixchat.tui.keymap import load_keymap  # a bad entry is named in the app
+
+    keymap, keymap_problem = load_keymap(read_table("keymap"), str(paths.config_file()))
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         return fail('the interactive app needs a terminal; for scripts use: mixchat ask "..."')
     store = ConversationStore.open()
@@ -61,6 +65,8 @@ def run_interactive(
             flags=sources.flags,
             preset=sources.preset,
             check_machine=check_machine,
+            keymap=keymap,
+            keymap_problem=keymap_problem,
         )
         app.run()
         return int(app.return_code or 0)

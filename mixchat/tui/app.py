@@ -1,7 +1,9 @@
-"""The interactive app. Thin: it owns the store, the engine and the theme; the chat
-screen does the rest. The engine is handed in as a factory, so this module
-never imports torch or transformers; the model loads in a thread worker while
-the UI is already usable."""
+"""The interactive app. Thin: it owns the store, the engine, the theme and the keymap;
+the chat screen does the rest. The engine is handed in as a factory, so this module
+never imports torch or transformers. The model loads on a daemon thread (not a Textual
+worker: loading cannot be interrupted, and quitting must not wait for it) while the UI
+is already usable; the thread only posts messages, and the engine reaches the app in
+``ModelReady``."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from typing import Any
 
 from textual import on
 from textual.app import App, SystemCommand
-from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -24,9 +25,11 @@ from mixchat.engine.base import DownloadRefused, Engine, EngineError, LoadProgre
 from mixchat.presets import Preset
 from mixchat.store import ConversationStore
 from mixchat.textsafe import neutralize
+from mixchat.tui.actions import Where, bindings
 from mixchat.tui.files import save_text
+from mixchat.tui.keymap import DEFAULT_KEYMAP, Keymap
 from mixchat.tui.messages import ModelFailed, ModelLoading, ModelNotice, ModelReady
-from mixchat.tui.palette import palette_commands
+from mixchat.tui.palette import palette_commands, replaced_system_commands
 from mixchat.tui.screens.chat import ChatScreen
 from mixchat.tui.screens.modals import HelpScreen
 from mixchat.tui.screens.setup import MachineCheck, ModelSetupScreen
@@ -44,11 +47,7 @@ class MixchatApp(App[None]):
     # Classes for every screen by terminal size; mixchat.tcss lays out small terminals.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-medium"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
-    BINDINGS = [
-        Binding("f1", "help", "Help"),
-        Binding("ctrl+t", "pick_theme", "Theme"),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+    BINDINGS = bindings(Where.APP)
 
     def __init__(
         self,
@@ -59,11 +58,18 @@ class MixchatApp(App[None]):
         on_theme_saved: Callable[[str], None] | None = None,
         flags: Mapping[str, Any] | None = None,
         check_machine: MachineCheck | None = None,
+        keymap: Keymap | None = None,
+        keymap_problem: str | None = None,
         preset: Preset | None = None,
     ) -> None:
         """``check_machine`` sums up what ``mixchat doctor`` finds, for the screen shown
-        when no model loads; it runs on a worker thread (it imports torch)."""
+        when no model loads; it runs on a worker thread (it imports torch). ``keymap``:
+        the user's keys (``mixchat.tui.keymap.load_keymap`` checked them);
+        ``keymap_problem``: its bad entries, left out, shown once when the app starts."""
         super().__init__()
+        self.keymap = keymap or DEFAULT_KEYMAP
+        self.keymap_problem = keymap_problem
+        self.set_keymap(self.keymap.textual_keymap())
         # ``settings``: defaults, config and environment; ``flags``: the command line's;
         # ``preset``: --preset's, for new conversations.
         self.sources = SettingsSources(settings, dict(flags or {}), preset)
@@ -105,7 +111,9 @@ class MixchatApp(App[None]):
 
     def action_help_quit(self) -> None:
         """Ctrl+C outside a text field: say how to quit (Textual's own note uses markup)."""
-        self.notify("Press Ctrl+Q to quit the app.", title="Do you want to quit?")
+        self.notify(
+            f"Press {self.keymap.say('quit')} to quit the app.", title="Do you want to quit?"
+        )
 
     def validate_theme(self, theme_name: str) -> str:
         """Every theme change is vetted first: one that would break a widget is refused."""
@@ -124,6 +132,10 @@ class MixchatApp(App[None]):
 
     async def on_mount(self) -> None:
         self.themes.install(self.settings.theme)
+        if self.keymap_problem is not None:
+            self.notify(
+                self.keymap_problem, title="Keymap", severity="warning", timeout=15, markup=False
+            )
         self.load_model()
 
     # -- the model ----------------------------------------------------------
@@ -164,8 +176,8 @@ class MixchatApp(App[None]):
             return
         finally:
             self._loading_engine = None
-        self.engine = engine
-        self.post_message(ModelReady(engine.info()))
+        if not self.post_message(ModelReady(engine, engine.info())):
+            engine.close()  # the app is closing: nobody will use it
 
     @on(ModelLoading)
     def on_model_loading(self, message: ModelLoading) -> None:
@@ -177,9 +189,9 @@ class MixchatApp(App[None]):
 
     @on(ModelReady)
     def on_model_ready(self, message: ModelReady) -> None:
+        self.engine = message.engine
         self.model_error = None
-        if self.engine is not None:
-            self.chat_screen.model_ready(self.engine)
+        self.chat_screen.model_ready(message.engine)
         self._model_settled.set()
 
     @on(ModelFailed)
@@ -191,7 +203,7 @@ class MixchatApp(App[None]):
             self.action_model_setup()  # the first run: nothing else to show
         else:  # a resumed conversation stays in view
             self.notify(
-                f"{message.error}\nCtrl+P, Model setup: how to get a model.",
+                f"{message.error}\n{self.keymap.say('palette')}, Model setup: how to get a model.",
                 title="No model loaded",
                 severity="error",
                 timeout=10,
@@ -220,7 +232,8 @@ class MixchatApp(App[None]):
         had been given on the command line."""
         self.sources = self.sources.with_flags(offer)
         self.settings = self.sources.effective()
-        self.chat_screen.sources = self.chat_screen.sources.with_flags(offer)
+        control = self.chat_screen.control
+        control.sources = control.sources.with_flags(offer)
         self.model_offer = None
         self.load_model()
 
@@ -253,16 +266,28 @@ class MixchatApp(App[None]):
 
     def action_help(self) -> None:
         """Show every key."""
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.keymap))
 
     def action_pick_theme(self) -> None:
         """Choose a theme (built-in mixchat themes, Textual's and your own)."""
         self.search_themes()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Model setup is offered only when no model is loaded."""
+        if action == "model_setup":
+            return self.model_error is not None
+        return True
+
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        replaced = {"Keys", "Screenshot"}  # Textual's: its key panel, a screenshot in ~/Downloads
+        """The palette: Textual's entries that the action table does not replace, then
+        the table's."""
+        replaced = replaced_system_commands()
         yield from (c for c in super().get_system_commands(screen) if c.title not in replaced)
         yield from palette_commands(self, self.chat_screen)
+
+    def action_take_screenshot(self) -> None:
+        """Save an SVG of the screen, once the palette (if it was used) has closed."""
+        self.set_timer(0.1, self.action_save_screenshot)
 
     def action_save_screenshot(self) -> None:
         """Save an SVG of the screen in the current (or data) directory and say where."""
@@ -271,12 +296,9 @@ class MixchatApp(App[None]):
 
     async def action_quit(self) -> None:
         """Stop any answer (its partial text is saved) and leave."""
-        screen = self.chat_screen
-        if screen.generating:
-            # Let the reply worker save the partial answer as stopped, then leave;
-            # the timer is a fallback should the engine not stop in time.
-            screen.exit_after_reply = True
-            screen.action_stop()
+        if self.chat_screen.quit_after_reply():
+            # The reply worker saves the partial answer as stopped, then the screen
+            # leaves; the timer is a fallback should the engine not stop in time.
             self.set_timer(5, self.exit)
             return
         self.exit()

@@ -15,22 +15,23 @@ if TYPE_CHECKING:
     from mixchat.conversation import Conversation
     from mixchat.tui.widgets.chat_view import ChatView
 
-KEYS_HINT = "Alt+←/→"
+
+def branch_label(place: int, count: int, keys: str) -> str:
+    """What a message with siblings shows: its place among them and the ``keys`` that step
+    between them (from the keymap in effect)."""
+    return f"{place}/{count} · {keys}"
 
 
-def branch_label(place: int, count: int) -> str:
-    """What a message with siblings shows: its place among them and the keys."""
-    return f"{place}/{count} · {KEYS_HINT}"
-
-
-def mark(store: ConversationStore, conversation: Conversation | None, chat: ChatView) -> None:
+def mark(
+    store: ConversationStore, conversation: Conversation | None, chat: ChatView, keys: str
+) -> None:
     """Show "2/3" on each drawn message of ``conversation`` that has siblings."""
     if conversation is None:
         return
     places = store.sibling_places(conversation.id)
     index = {m.id: i for i, m in enumerate(conversation.messages)}
     chat.mark_branches(
-        {index[mid]: branch_label(*place) for mid, place in places.items() if mid in index}
+        {index[mid]: branch_label(*place, keys) for mid, place in places.items() if mid in index}
     )
 
 

@@ -1,22 +1,31 @@
-"""Ctrl+L: the user's last message back in the input box, to change and send again.
+"""Edit last message (Ctrl+L by default): the user's last message back in the input box,
+to change and send again.
 
 The edit is a pending state: nothing is deleted until the edited message is sent (then
 the old message and everything after it are replaced in one transaction). Until then
-the messages it would replace are marked in the view and the input box says what Enter
-and Esc do; leaving the edit (Esc, a new or another conversation, quitting) leaves the
-conversation exactly as it was and gives the box back what it held before.
+the messages it would replace are marked in the view and the input box says which keys
+send and cancel (the keymap's); leaving the edit (cancelling it, a new or another
+conversation, quitting) leaves the conversation exactly as it was and gives the box back
+what it held before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
+
 from mixchat.conversation import Message, Role, Status
+from mixchat.tui.keymap import keymap_of
 from mixchat.tui.widgets.chat_view import ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 
 SUPERSEDED = "superseded"  # CSS class of the blocks an edit would replace
-EDIT_TITLE = "editing · Enter resends · Esc cancels"  # fits an 80-column input box
+
+
+def edit_title(send: str, cancel: str) -> str:
+    """The input box's title while editing (the default keys' fits an 80-column box)."""
+    return f"editing · {send} resends · {cancel} cancels"
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,8 @@ class LastMessageEdit:
         for block in blocks[max(0, len(blocks) - (len(messages) - index)) :]:
             block.add_class(SUPERSEDED)
         self._prompt.recall(messages[index].content)
-        self._prompt.border_title = EDIT_TITLE
+        keys = keymap_of(self._prompt)
+        self._prompt.border_title = Text(edit_title(keys.say("send"), keys.say("stop")))
         self._prompt.focus()
         return True
 

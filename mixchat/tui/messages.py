@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from mixchat.engine.base import LoadProgress, ModelInfo, Usage
+from mixchat.engine.base import Engine, LoadProgress, ModelInfo, Usage
 from mixchat.turn import TurnOutcome
 
 
@@ -26,8 +26,9 @@ class ModelNotice(Message):
 
 @dataclass
 class ModelReady(Message):
-    """The model is loaded."""
+    """The model is loaded: the engine, handed from the loading thread to the app."""
 
+    engine: Engine
     info: ModelInfo
 
 

@@ -1,63 +1,43 @@
-"""The app's entries in the command palette (Ctrl+P): every action, by name."""
+"""The app's entries in the command palette (Ctrl+P): the action table's, by name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
+
+from mixchat.tui.actions import ACTIONS, Action, Where
+from mixchat.tui.keymap import keymap_of
 
 if TYPE_CHECKING:
     from mixchat.tui.app import MixchatApp
     from mixchat.tui.screens.chat import ChatScreen
 
 
+def palette_actions() -> list[Action]:
+    """The actions the palette offers, in the table's order."""
+    return [action for action in ACTIONS if action.palette]
+
+
+def replaced_system_commands() -> set[str]:
+    """Textual's own palette entries that an action of the table replaces (its Keys panel,
+    its Screenshot in ~/Downloads, its Theme and Quit)."""
+    return {action.title for action in palette_actions()}
+
+
 def palette_commands(app: MixchatApp, chat: ChatScreen) -> Iterator[SystemCommand]:
-    """The palette entries of the chat (Textual adds Theme, Quit and Maximize)."""
-    commands: list[tuple[str, str, Callable[[], Any]]] = [
-        ("New conversation", "Start a new conversation (Ctrl+N)", chat.action_new),
-        ("Stop answer", "Stop the answer being generated (Esc)", chat.action_stop),
-        ("Regenerate", "Answer your last message again (Ctrl+R)", chat.action_regenerate),
-        (
-            "Edit last message",
-            "Change your last message and send it again; nothing is dropped before (Ctrl+L)",
-            chat.action_edit_last,
-        ),
-        ("Copy last answer", "To the clipboard (F3)", chat.action_copy_answer),
-        ("Copy last code block", "To the clipboard (F4)", chat.action_copy_code),
-        (
-            "Conversation settings",
-            "System prompt, temperature, top-p, max tokens (Ctrl+S)",
-            chat.action_settings,
-        ),
-        ("Rename conversation", "Give the open conversation a title (F2)", chat.action_rename),
-        ("Delete conversation", "Delete the open conversation (asks first)", chat.action_delete),
-        (
-            "Export conversation as Markdown",
-            "Save it as a .md file in the current directory",
-            lambda: chat.commands.export("md"),
-        ),
-        (
-            "Export conversation as JSON",
-            "Save it as a .json file (mixchat import reads it) in the current directory",
-            lambda: chat.commands.export("json"),
-        ),
-        (
-            "Toggle sidebar",
-            "Show or hide the conversation list (Ctrl+B)",
-            chat.action_toggle_sidebar,
-        ),
-        ("Search conversations", "Filter the conversation list (Ctrl+F)", chat.action_search),
-        ("Keys", "Every key of the app (F1)", app.action_help),
-        (
-            "Screenshot",
-            "Save an SVG of the screen in the current directory",
-            lambda: app.set_timer(0.1, app.action_save_screenshot),  # once the palette closed
-        ),
-    ]
-    if app.model_error is not None:
-        commands.append(
-            ("Model setup", "What is missing and how to get a model", app.action_model_setup)
-        )
-    for title, help_text, callback in commands:
-        yield SystemCommand(title, help_text, callback)
+    """The palette entries of the table: its title, its description with its keys, and
+    the action it runs (on the chat screen or the app). Model setup is offered only
+    when no model is loaded (``MixchatApp.check_action``)."""
+    keymap = keymap_of(app)
+    for action in palette_actions():
+        if not app.check_action(action.id, ()):
+            continue
+        node = chat if action.where is Where.CHAT else app
+        keys = keymap.label(action.id)
+        help_text = keymap.describe(action)
+        help_text = help_text[:1].upper() + help_text[1:] + (f" ({keys})" if keys else "")
+        run = functools.partial(app.run_action, action.palette_action, node)
+        yield SystemCommand(action.title, help_text, run)

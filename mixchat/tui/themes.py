@@ -73,7 +73,6 @@ def _widget_classes(root: type[DOMNode] = DOMNode) -> Iterator[type[DOMNode]]:
 def _load_widget_modules() -> None:
     """Import the Textual widgets the app may show later, so their CSS is vetted too."""
     import textual.command
-    import textual.widgets._markdown
     import textual.widgets._toast  # noqa: F401
     from textual.widgets import (  # noqa: F401
         Button,

@@ -10,6 +10,7 @@ from mixchat.config import Settings, save_setting
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
 from mixchat.tui.app import MixchatApp
+from mixchat.tui.keymap import Keymap
 
 AppFactory = Callable[..., MixchatApp]
 
@@ -34,6 +35,8 @@ def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
         engine_factory: Callable[[Settings], object] | None = None,
         flags: dict[str, object] | None = None,
         check_machine: Callable[[Settings], list[str]] | None = None,
+        keymap: Keymap | None = None,
+        keymap_problem: str | None = None,
     ) -> MixchatApp:
         return MixchatApp(
             settings or Settings(model="scripted-model"),
@@ -43,6 +46,8 @@ def make_app(engine: ScriptedEngine, store: ConversationStore) -> AppFactory:
             on_theme_saved=lambda name: save_setting("theme", name),
             flags=flags,
             check_machine=check_machine,
+            keymap=keymap,
+            keymap_problem=keymap_problem,
         )
 
     return factory

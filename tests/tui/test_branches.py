@@ -3,6 +3,8 @@ them (the store then shows that branch), and the next question goes under what i
 
 from __future__ import annotations
 
+import threading
+
 from textual.widgets import Label
 
 from mixchat.conversation import Message, Role
@@ -49,15 +51,15 @@ async def test_regenerated_answers_show_their_place_and_keys_step_between_them(
             await pilot.press("ctrl+r")
             await wait_reply(pilot)
         assert [b.source for b in screen.query(AssistantBlock)] == ["answer three"]
-        assert branch_labels(screen) == ["", "3/3 · Alt+←/→"]
+        assert branch_labels(screen) == ["", "3/3 · Alt+Left/Alt+Right"]
         await pilot.press("alt+left")
         await settle(pilot)
         assert [b.source for b in screen.query(AssistantBlock)] == ["answer two"]
-        assert branch_labels(screen) == ["", "2/3 · Alt+←/→"]
+        assert branch_labels(screen) == ["", "2/3 · Alt+Left/Alt+Right"]
         await pilot.press("alt+left", "alt+left")  # the first is the end: no further
         await settle(pilot)
         assert [b.source for b in screen.query(AssistantBlock)] == ["answer one"]
-        assert branch_labels(screen) == ["", "1/3 · Alt+←/→"]
+        assert branch_labels(screen) == ["", "1/3 · Alt+Left/Alt+Right"]
         # the store shows what the app shows: `mixchat ask -c` goes on from here
         conv = only_conversation(store)
         assert [m.content for m in conv.messages] == ["Question", "answer one"]
@@ -71,7 +73,7 @@ async def test_regenerated_answers_show_their_place_and_keys_step_between_them(
             "More?",
             "under one",
         ]
-        assert branch_labels(screen) == ["", "1/3 · Alt+←/→", "", ""]
+        assert branch_labels(screen) == ["", "1/3 · Alt+Left/Alt+Right", "", ""]
         # stepping right from the newest branch point: answer one's siblings
         await pilot.press("alt+right")
         await settle(pilot)
@@ -94,12 +96,12 @@ async def test_an_edited_question_shows_its_versions(
         await pilot.press("enter")
         await wait_reply(pilot)
         assert [b.source for b in screen.query(UserBlock)] == ["What is 2+2?"]
-        assert branch_labels(screen) == ["2/2 · Alt+←/→", ""]
+        assert branch_labels(screen) == ["2/2 · Alt+Left/Alt+Right", ""]
         await pilot.press("alt+left")
         await settle(pilot)
         assert [b.source for b in screen.query(UserBlock)] == ["Waht is 2+2"]
         assert [b.source for b in screen.query(AssistantBlock)] == ["old answer"]
-        assert branch_labels(screen) == ["1/2 · Alt+←/→", ""]
+        assert branch_labels(screen) == ["1/2 · Alt+Left/Alt+Right", ""]
 
 
 async def test_stepping_without_siblings_changes_nothing(
@@ -119,3 +121,33 @@ async def test_stepping_without_siblings_changes_nothing(
         assert branch_labels(screen) == ["", ""]
         assert store.data_version() == before
         assert screen.prompt.text == ""  # the keys typed nothing
+
+
+async def test_versions_made_elsewhere_are_marked(
+    make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore
+) -> None:
+    """A regenerate by `mixchat ask` (another process) shows up with its "2/2"; the hint
+    names the keys in effect ([keymap] older_version = "f7" would say F7)."""
+    from mixchat.config import Settings as S
+    from mixchat.config import SettingsSources
+    from mixchat.turn import Turn
+
+    engine.queue("first answer")
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await type_and_send(pilot, "Question")
+        await wait_reply(pilot)
+        # Elsewhere (another connection, as `mixchat ask` would be): answered again.
+        with ConversationStore.open() as elsewhere:
+            conv = only_conversation(elsewhere)
+            other = ScriptedEngine()
+            other.queue("second answer")
+            turn = Turn(elsewhere, SettingsSources(S(model="m")), conv)
+            turn.again(conv.messages[0])
+            turn.start()
+            turn.run(other, threading.Event(), lambda _e: None)
+        await screen.store_sync.check()
+        await settle(pilot)
+        assert [b.source for b in screen.query(AssistantBlock)] == ["second answer"]
+        assert branch_labels(screen) == ["", "2/2 · Alt+Left/Alt+Right"]

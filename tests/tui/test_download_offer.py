@@ -92,8 +92,8 @@ async def test_the_status_bar_shows_a_real_download_in_bytes(
     hub.hold_after["model.safetensors"] = 11 << 20  # past huggingface_hub's first 10 MiB chunk
     async with app.run_test(size=(120, 30), message_hook=hook) as pilot:
         status = app.chat_screen.status
-        await until(pilot, lambda: "MB/" in status.model_state, "the download in the status bar")
-        shown.append(status.model_state)
+        await until(pilot, lambda: "MB/" in status.state, "the download in the status bar")
+        shown.append(status.state)
         hub.release()
         await app.wait_for_model()
         await settle(pilot)

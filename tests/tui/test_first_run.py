@@ -10,11 +10,12 @@ from mixchat.conversation import Message, Role
 from mixchat.engine.base import LoadProgress
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
-from mixchat.tui.screens.chat import UNANSWERED
 from mixchat.tui.screens.setup import ModelSetupScreen
 from mixchat.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import AppFactory
 from tests.tui.helpers import only_conversation, ready, screen_text, settle, type_and_send, until
+
+UNANSWERED = "unanswered: Ctrl+R answers"  # the status bar, default keys
 
 MISSING = (
     "model 'mistralai/Mixtral-8x7B-Instruct-v0.1' is not in the local Hugging Face cache and "

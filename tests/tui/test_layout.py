@@ -12,8 +12,8 @@ from textual.widgets import Button, Input, Label, TextArea
 from mixchat.conversation import Message, Role, Status
 from mixchat.store import ConversationStore
 from mixchat.tui.app import MixchatApp
+from mixchat.tui.keymap import DEFAULT_KEYMAP
 from mixchat.tui.screens.modals import (
-    HELP_ROWS,
     ConfirmScreen,
     HelpScreen,
     RenameScreen,
@@ -100,8 +100,9 @@ async def test_help_fits_or_scrolls_and_no_line_is_cut(
         dialog = modal.query_one(".dialog")
         assert Region(0, 0, *app.size).contains_region(dialog.region)
         rows = list(modal.query(".help-row"))
-        assert len(rows) == len(HELP_ROWS)
-        for row, (key, what) in zip(rows, HELP_ROWS, strict=True):
+        help_rows = DEFAULT_KEYMAP.help_rows()
+        assert len(rows) == len(help_rows)
+        for row, (_, key, what) in zip(rows, help_rows, strict=True):
             row.scroll_visible(animate=False, immediate=True)
             await pilot.pause()
             assert_on_screen(app, row)

@@ -16,7 +16,7 @@ from mixchat.conversation import Role
 from mixchat.engine import factory
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
-from mixchat.tui.widgets.chat_view import CUT_NOTE, AssistantBlock
+from mixchat.tui.widgets.chat_view import AssistantBlock
 from tests.tui.conftest import AppFactory
 from tests.tui.test_app import SIZE, ready, type_and_send, wait_reply
 
@@ -55,7 +55,8 @@ async def test_a_cut_reply_is_marked_and_continued_alike(
         await type_and_send(pilot, "from the app")
         await wait_reply(pilot)
         assert screen.status.reply_state == "cut at the token limit"
-        assert CUT_NOTE in str(screen.query(AssistantBlock).last().query_one(".status").render())
+        cut_note = "cut at the token limit: Ctrl+O continues it"
+        assert cut_note in str(screen.query(AssistantBlock).last().query_one(".status").render())
         engine.queue(", the end.")
         await pilot.press("ctrl+o")
         await wait_reply(pilot)

@@ -1,7 +1,8 @@
 """What the chat screen offers besides chatting: the settings in effect and their dialog,
 rename, delete (asks first), export, and copying to the clipboard.
 
-The dialogs open a modal and apply its answer through the store and the chat screen.
+The dialogs open a modal and apply its answer through the store and the conversation
+controller (``chat_conversation``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ChatCommands:
     def settings(self) -> None:
         """Edit the open conversation's (or the next new one's) system prompt and sampling:
         every conversation-scoped setting of ``mixchat.config``."""
-        settings = self.screen.effective_settings()
+        settings = self.screen.control.effective_settings()
         current = {"system_prompt": settings.system_prompt, **conversation_settings(settings)}
         self.screen.app.push_screen(
             SettingsScreen(current), lambda result: self._apply_settings(current, result)
@@ -42,23 +43,23 @@ class ChatCommands:
 
     @notify_store_errors
     def _apply_settings(self, current: dict[str, Any], result: dict[str, Any] | None) -> None:
-        screen = self.screen
+        control = self.screen.control
         if result is None:
             return
         changed = {k: v for k, v in result.items() if v != current[k]}
         # What the user just chose wins over a flag given when the app started.
-        screen.sources = screen.sources.without_flags(changed)
-        if screen.conversation is None:
-            screen.new_settings.update(changed)
+        control.sources = control.sources.without_flags(changed)
+        if control.conversation is None:
+            control.new_settings.update(changed)
         else:
             saved = {k: result[k] for k in CONVERSATION_KEYS}
-            screen.store.update_settings(
-                screen.conversation.id,
+            self.screen.store.update_settings(
+                control.conversation.id,
                 system_prompt=result["system_prompt"],
-                settings={**screen.conversation.settings, **saved},
+                settings={**control.conversation.settings, **saved},
             )
-            screen.reload_conversation()
-        screen.notify("Settings saved for this conversation.")
+            control.reload()
+        self.screen.notify("Settings saved for this conversation.")
 
     @notify_store_errors
     def rename(self, conversation_id: str) -> None:
@@ -81,22 +82,12 @@ class ChatCommands:
         """Delete a conversation after asking."""
         title = self.screen.store.get_conversation(conversation_id).title or "(untitled)"
 
-        @notify_store_errors
-        async def apply(self: ChatCommands, confirmed: bool | None) -> None:
-            screen = self.screen
-            if not confirmed:
-                return
-            if screen.conversation is not None and screen.conversation.id == conversation_id:
-                if screen.generating:
-                    screen.notify("Stop the answer first (Esc).", severity="warning")
-                    return
-                await screen.action_new()
-            screen.store.delete(conversation_id)
-            screen.sidebar.reload()
-            screen.notify("Conversation deleted.")
+        async def apply(confirmed: bool | None) -> None:
+            if confirmed:
+                await self.screen.control.delete(conversation_id)
 
         question = f"Delete “{title}”? This cannot be undone."
-        self.screen.app.push_screen(ConfirmScreen(question), lambda ok: apply(self, ok))
+        self.screen.app.push_screen(ConfirmScreen(question), apply)
 
     def export(self, fmt: str) -> Path | None:
         """Save the open conversation as Markdown (``md``) or JSON and say where."""

@@ -52,23 +52,24 @@ class StoreSync:
     @notify_store_errors
     async def follow(self) -> None:
         """Show the open conversation as the store holds it now."""
-        screen = self.screen
-        if screen.conversation is None:
+        screen, control = self.screen, self.screen.control
+        if control.conversation is None:
             return
         try:
-            fresh = screen.store.get_conversation(screen.conversation.id)
+            fresh = screen.store.get_conversation(control.conversation.id)
         except NotFoundError:
             screen.edit.end(restore_draft=False)
             screen.notify("The open conversation was deleted elsewhere.", severity="warning")
-            await screen.action_new()
+            await control.new()
             return
-        screen.conversation = fresh
+        control.conversation = fresh
         if screen.edit.pending is not None and not screen.edit.still_applies(fresh.messages):
             screen.edit.end(restore_draft=False)
             screen.notify("The conversation changed elsewhere: the edit is cancelled.")
         if await screen.shown.follow(fresh.messages):
-            screen.count_context()
-            screen.offer_answer(say=False)
+            control.count_context()
+            control.offer_answer(say=False)
+        control.mark_branches()  # a regenerate elsewhere makes versions here
 
     def notify(self, message: str, **kwargs: object) -> None:
         """For ``notify_store_errors``: a failed read is shown on the screen."""

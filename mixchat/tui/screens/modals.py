@@ -6,19 +6,18 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
+from mixchat.tui.actions import Where, bindings
+from mixchat.tui.keymap import Keymap, keymap_of
+
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Yes/no question; Enter or y confirms, Esc or n cancels."""
+    """A yes/no question; Cancel has the focus. Its keys are ``Where.CONFIRM``'s (Y, Esc, N)."""
 
-    BINDINGS = [
-        Binding("escape,n", "dismiss(False)", "No"),
-        Binding("y", "dismiss(True)", "Yes"),
-    ]
+    BINDINGS = bindings(Where.CONFIRM)
 
     def __init__(self, question: str) -> None:
         super().__init__()
@@ -41,7 +40,7 @@ class ConfirmScreen(ModalScreen[bool]):
 class RenameScreen(ModalScreen[str | None]):
     """Ask for a new title."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = bindings(Where.RENAME)
 
     def __init__(self, current: str) -> None:
         super().__init__()
@@ -49,7 +48,8 @@ class RenameScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label("New title (Enter saves, Esc cancels)")
+            cancel = keymap_of(self).say("rename_cancel")
+            yield Label(Text(f"New title (Enter saves, {cancel} cancels)"))
             yield Input(self.current, id="title")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -65,10 +65,7 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
     """A conversation's system prompt and generation settings: one field per
     conversation-scoped setting of ``mixchat.config``, validated by its parser."""
 
-    BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel"),
-        Binding("ctrl+s", "save", "Save"),
-    ]
+    BINDINGS = bindings(Where.SETTINGS)
 
     def __init__(self, current: dict[str, Any]) -> None:
         super().__init__()
@@ -91,8 +88,10 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
                         yield field
             yield Label("", id="error", classes="error-line")
             with Horizontal(classes="buttons"):
-                yield Button("Save (Ctrl+S)", variant="primary", id="save")
-                yield Button("Cancel (Esc)", id="cancel")
+                keys = keymap_of(self)
+                save, cancel = keys.say("settings_save"), keys.say("settings_cancel")
+                yield Button(Text(f"Save ({save})"), variant="primary", id="save")
+                yield Button(Text(f"Cancel ({cancel})"), id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
@@ -115,38 +114,29 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
         self.dismiss({"system_prompt": system if system.strip() else None, **result})
 
 
-HELP_ROWS = [
-    ("Enter", "send the message"),
-    ("Shift+Enter, Ctrl+J", "new line in the message"),
-    ("Esc", "stop the answer (in the search box: clear it, then leave it)"),
-    ("Ctrl+N", "new conversation"),
-    ("Ctrl+R", "answer your last message again (replaces the answer after it)"),
-    ("Ctrl+L", "edit your last message: Enter sends it in place of the old turn, Esc cancels"),
-    ("F3", "copy the last answer"),
-    ("F4", "copy the last code block"),
-    ("Ctrl+S", "conversation settings: system prompt, temperature, top-p, max tokens"),
-    ("Ctrl+B", "show or hide the conversation list"),
-    ("Ctrl+F", "search conversations"),
-    ("Enter (in the list)", "open the conversation"),
-    ("R (in the list), F2", "rename the conversation"),
-    ("Delete, D (in the list)", "delete the conversation (asks first)"),
-    ("Ctrl+T", "choose a theme"),
-    ("Ctrl+P", "command palette: every action"),
-    ("F1", "this help"),
-    ("Ctrl+Q", "quit"),
-]
-
-
 class HelpScreen(ModalScreen[None]):
-    """Every key, in one place."""
+    """Every key, in one place: the rows of the action table, with the keys in effect."""
 
-    BINDINGS = [Binding("escape,f1,q", "dismiss(None)", "Close")]
+    BINDINGS = bindings(Where.HELP)
+
+    def __init__(self, keymap: Keymap | None = None) -> None:
+        super().__init__()
+        self.keymap = keymap
 
     def compose(self) -> ComposeResult:
+        keymap = self.keymap or keymap_of(self)
         with VerticalScroll(classes="dialog wide"):
             yield Label("Keys", classes="title")
-            for key, what in HELP_ROWS:
+            heading = None
+            for where, keys, what in keymap.help_rows():
+                if where is not heading:
+                    heading = where
+                    yield Label(Text(where.value), classes="help-heading")
                 with Horizontal(classes="help-row"):
-                    yield Static(Text(key), classes="key")
+                    yield Static(Text(keys), classes="key")
                     yield Static(Text(what), classes="what")
-            yield Label("Esc closes this help", classes="hint")
+            close = keymap.say("help_close")
+            yield Label(
+                Text(f"{close} closes this help; {keymap.say('palette')}: every action by name"),
+                classes="hint",
+            )

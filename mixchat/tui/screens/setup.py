@@ -11,13 +11,14 @@ from pathlib import Path
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
 from mixchat.config import Settings
 from mixchat.textsafe import neutralize
+from mixchat.tui.actions import Where, bindings
+from mixchat.tui.keymap import keymap_of
 from mixchat.tui.messages import MachineReport
 
 MIXTRAL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -48,13 +49,9 @@ def _line(text: str) -> Text:
 
 
 class ModelSetupScreen(Screen[None]):
-    """What to do when there is no model. Esc goes to the conversations, R tries again."""
+    """What to do when there is no model; its keys are ``Where.SETUP``'s in ``actions``."""
 
-    BINDINGS = [
-        Binding("escape", "app.pop_screen", "Conversations"),
-        Binding("r", "retry", "Try again"),
-        Binding("o", "accept_offer", "Load what fits"),
-    ]
+    BINDINGS = bindings(Where.SETUP)
 
     def __init__(
         self,
@@ -79,23 +76,31 @@ class ModelSetupScreen(Screen[None]):
         with VerticalScroll(id="setup"):
             yield Static("No model loaded", classes="title")
             yield Static(_line(self.error), id="setup-error", classes="error")
+            keys = keymap_of(self)
+            retry = keys.say("setup_retry")
             if self.offer is not None:
+                offer = (
+                    f"{keys.say('setup_accept_offer')}  download and load it with {self.offer[1]}"
+                )
                 yield Static(
-                    Text(f"O  download and load it with {self.offer[1]} (fits this machine)"),
+                    Text(f"{offer} (fits this machine)"),
                     id="setup-offer",
                     classes="command",
                 )
-            yield Static("Get one, then start mixchat again or press R:", classes="heading")
+            yield Static(
+                Text(f"Get one, then start mixchat again or press {retry}:"), classes="heading"
+            )
             for command, what in setup_commands(self.settings):
                 yield Static(Text(command), classes="command")
                 yield Static(Text(what), classes="what")
             yield Static("This machine (mixchat doctor):", classes="heading")
             checking = "checking…" if self.check else "run `mixchat doctor` to see"
             yield Static(Text(checking), id="machine")
-            yield Static(
-                "R try again · Esc your conversations (messages are saved) · Ctrl+Q quit",
-                classes="hint",
+            hint = (
+                f"{retry} try again · {keys.say('setup_back')} your conversations "
+                f"(messages are saved) · {keys.say('quit')} quit"
             )
+            yield Static(Text(hint), classes="hint")
 
     def on_mount(self) -> None:
         if self.check is not None:

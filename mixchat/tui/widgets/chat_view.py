@@ -4,8 +4,9 @@ User text is shown as plain text (never markup); assistant text is Markdown. Con
 characters are neutralised before display.
 
 A streaming reply is rendered by ``ReplyRenderer``. It feeds ``Markdown.append``, as
-Textual's ``MarkdownStream`` does, with the deltas the chat screen has coalesced, but
-works around what makes that stream slow down or go wrong as a reply grows:
+Textual's ``MarkdownStream`` does, with the deltas the reply stream
+(``screens/chat_reply``) has coalesced, but works around what makes that stream slow
+down or go wrong as a reply grows:
 
 - a growing top-level code fence is re-parsed and re-highlighted in full on every update:
   while it is open, its ``CodeFence`` is fed the new text directly (see ``code_stream``)
@@ -29,11 +30,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
+from textual.dom import DOMNode
 from textual.widget import Widget
 from textual.widgets import Button, Label, Markdown, Static
 
 from mixchat.conversation import Message, Role, Status
 from mixchat.textsafe import neutralize
+from mixchat.tui.keymap import keymap_of
 from mixchat.tui.widgets.code_stream import ChatMarkdown
 from mixchat.tui.widgets.long_text import (
     MAX_SHOWN_BLOCKS,
@@ -46,12 +49,11 @@ from mixchat.tui.widgets.long_text import (
 from mixchat.tui.widgets.reply_renderer import ReplyRenderer
 
 STATUS_LABEL = {Status.INTERRUPTED: "stopped", Status.ERROR: "error"}
-CUT_NOTE = "cut at the token limit: Ctrl+O continues it"
 
 
-def status_note(message: Message) -> str:
-    """What the status line under a saved reply adds to its status."""
-    return CUT_NOTE if message.finish_reason == "length" else ""
+def cut_note(node: DOMNode) -> str:
+    """The note under a reply cut by the token limit: how to continue it."""
+    return f"cut at the token limit: {keymap_of(node).say('continue_reply')} continues it"
 
 
 # Line and paragraph separators: Python's str.splitlines (which Textual's Markdown uses to
@@ -247,11 +249,11 @@ class ChatView(VerticalScroll):
         else:
             await button.remove()
 
-    @staticmethod
-    def _block(message: Message) -> Static | AssistantBlock:
+    def _block(self, message: Message) -> Static | AssistantBlock:
         if message.role is Role.USER:
             return UserBlock(message.content)
-        return AssistantBlock(message.content, message.status, status_note(message))
+        note = cut_note(self) if message.finish_reason == "length" else ""
+        return AssistantBlock(message.content, message.status, note)
 
     async def add_user(self, content: str) -> UserBlock:
         """Append a user message."""

@@ -31,8 +31,8 @@ from textual.content import Content, Span
 from textual.css.styles import RulesMap
 from textual.highlight import ANSIDarkHighlightTheme, ANSILightHighlightTheme, HighlightTheme
 from textual.widgets import Label, Markdown
-from textual.widgets._markdown import MarkdownBlock, MarkdownFence, MarkdownParagraph
 
+from mixchat.tui.compat import MarkdownBlock, MarkdownFence, MarkdownParagraph
 from mixchat.tui.widgets.md_blocks import AlignedTable, HtmlBlock, chat_parser
 
 OPENER = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")

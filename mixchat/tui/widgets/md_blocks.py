@@ -22,14 +22,18 @@ from markdown_it.token import Token
 from textual.app import ComposeResult
 from textual.content import Content
 from textual.css.types import AlignHorizontal
-from textual.widgets._markdown import (
+from textual.widgets import Static
+
+from mixchat.tui.compat import (
     Markdown,
     MarkdownBlock,
     MarkdownTable,
     MarkdownTableContent,
     MarkdownTH,
+    block_children,
+    block_content,
+    block_token,
 )
-from textual.widgets._static import Static
 
 ALIGNMENTS = ("left", "center", "right")
 
@@ -39,7 +43,7 @@ def column_alignments(table: MarkdownBlock) -> list[str]:
 
     def flatten(block: MarkdownBlock) -> list[MarkdownBlock]:
         found: list[MarkdownBlock] = []
-        for child in block._blocks:
+        for child in block_children(block):
             found.append(child)
             found.extend(flatten(child))
         return found
@@ -47,7 +51,7 @@ def column_alignments(table: MarkdownBlock) -> list[str]:
     aligns = []
     for block in flatten(table):
         if isinstance(block, MarkdownTH):
-            style = str(block._token.attrs.get("style", ""))
+            style = str(block_token(block).attrs.get("style", ""))
             value = style.partition("text-align:")[2].strip()
             aligns.append(value if value in ALIGNMENTS else "left")
     return aligns
@@ -107,7 +111,7 @@ class HtmlBlock(MarkdownBlock):
     async def _update_from_block(self, block: MarkdownBlock) -> None:
         if isinstance(block, HtmlBlock):
             self._copy_context(block)
-            self.set_content(block._content)
+            self.set_content(block_content(block))
         else:
             await super()._update_from_block(block)
 

@@ -1,4 +1,5 @@
-"""The message input: Enter sends, Shift+Enter or Ctrl+J inserts a newline."""
+"""The message input: Enter sends, Shift+Enter or Ctrl+J inserts a newline (the keys of
+``send`` and ``newline`` in the keymap in effect)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from mixchat.textsafe import neutralize
+from mixchat.tui.keymap import keymap_of
 from mixchat.tui.widgets.keys import run_binding_now
-
-NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 
 
 def model_display_name(model: str) -> str:
@@ -31,26 +31,40 @@ class PromptInput(TextArea):
 
         text: str
 
+    # The keymap's, once mounted (``on_mount``); these are the defaults.
+    _send_keys: frozenset[str] = frozenset({"enter"})
+    _newline_keys: frozenset[str] = frozenset({"shift+enter", "ctrl+j"})
+
     def __init__(self, model: str = "", **kwargs: object) -> None:
-        name = model_display_name(model)
-        hint = "(Enter sends, Shift+Enter or Ctrl+J for a newline)"
+        self.model_name = model_display_name(model)
         super().__init__(
             soft_wrap=True,
             show_line_numbers=False,
             tab_behavior="focus",
-            placeholder=Content(f"Message {name}  {hint}" if name else f"Message  {hint}"),
             **kwargs,  # type: ignore[arg-type]
         )
+
+    def on_mount(self) -> None:
+        keys = keymap_of(self)
+        send, newline = keys.keys("send"), keys.keys("newline")
+        self._send_keys = frozenset(send)
+        self._newline_keys = frozenset(newline)
+        hint = f"({keys.label('send')} sends"
+        hint += (
+            f", {' or '.join(keys.label('newline').split(', '))} for a newline)" if newline else ")"
+        )
+        name = self.model_name
+        self.placeholder = Content(f"Message {name}  {hint}" if name else f"Message  {hint}")
 
     async def _on_key(self, event: events.Key) -> None:
         # Handled here rather than by a binding: bindings run only after the key has
         # bubbled up to the app, so a fast typist's next keys would land first.
-        if event.key in NEWLINE_KEYS:
+        if event.key in self._newline_keys:
             event.stop()
             event.prevent_default()
             self.action_newline()
             return
-        if event.key == "enter":
+        if event.key in self._send_keys:
             event.stop()
             event.prevent_default()
             text = self.text

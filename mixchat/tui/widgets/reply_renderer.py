@@ -8,8 +8,8 @@ from markdown_it import MarkdownIt
 from textual.geometry import Spacing
 from textual.widget import Widget
 from textual.widgets import Markdown
-from textual.widgets._markdown import MarkdownBlock
 
+from mixchat.tui.compat import MarkdownBlock
 from mixchat.tui.widgets.code_stream import ChatMarkdown, CodeFence, open_fence
 
 SEGMENT_BLOCKS = 24  # top-level blocks in a segment before the reply may start a new one

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, OptionList
@@ -17,6 +16,7 @@ from textual.worker import get_current_worker
 
 from mixchat.store import ConversationStore, ConversationSummary, StoreError
 from mixchat.textsafe import neutralize
+from mixchat.tui.actions import Where, bindings
 from mixchat.tui.widgets.keys import run_binding_now
 
 LIST_LIMIT = 500
@@ -37,12 +37,10 @@ class SearchBox(Input):
 
 
 class ConversationList(OptionList):
-    """The list itself; Delete asks to delete, F2 renames."""
+    """The list itself; its keys (open, rename, delete) are ``Where.SIDEBAR``'s in
+    ``mixchat.tui.actions``."""
 
-    BINDINGS = [
-        Binding("delete,d", "delete_selected", "Delete", show=False),
-        Binding("r", "rename_selected", "Rename", show=False),
-    ]
+    BINDINGS = bindings(Where.SIDEBAR)
 
     @dataclass
     class DeleteRequested(Message):

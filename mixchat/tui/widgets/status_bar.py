@@ -1,12 +1,14 @@
 """One line at the bottom: model, quantization, attention, device, state, speed, context.
 
-The state has two layers: the model's (loading, with its progress; ready; no model) and
-the open conversation's (generating, stopped, error, ...), which shows when set and is
-cleared when another conversation opens.
+The state is typed and has two layers: the model's (``ModelState``: loading, with its
+progress; ready; no model) and the open conversation's (``ReplyState``: generating,
+stopped, cut, error, unanswered, waiting), which shows when set and is cleared when
+another conversation opens. Only this widget turns them into words.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -17,7 +19,42 @@ from textual.widgets import Static
 from mixchat.conversation import Message
 from mixchat.engine.base import Engine, LoadProgress, ModelInfo, Usage, count_context_tokens
 from mixchat.textsafe import neutralize
+from mixchat.tui.keymap import keymap_of
 from mixchat.tui.messages import ContextCounted
+from mixchat.turn import Ending, TurnOutcome
+
+
+class ModelState(enum.StrEnum):
+    """The model's state (the value is what the status bar shows)."""
+
+    LOADING = "loading"
+    READY = "ready"
+    NO_MODEL = "no model"
+
+
+class ReplyState(enum.StrEnum):
+    """The open conversation's state (the value is what the status bar shows)."""
+
+    NONE = ""  # nothing to say: the model's state shows
+    GENERATING = "generating"
+    STOPPED = "stopped"
+    CUT = "cut at the token limit"
+    ERROR = "error"
+    UNANSWERED = "unanswered"  # the last message has no answer, and none is coming
+    ANSWERABLE = "unanswered: {regenerate} answers"  # ... and the model can answer it
+    WAITING = "waiting for the model"  # it will be answered once the model has loaded
+
+    @classmethod
+    def after(cls, outcome: TurnOutcome) -> ReplyState:
+        """The state a reply leaves behind, by how it ended."""
+        if outcome.error:
+            return cls.ERROR
+        if outcome.ending is Ending.LENGTH:
+            return cls.CUT
+        if outcome.ending in (Ending.STOPPED, Ending.INTERRUPTED):
+            return cls.STOPPED
+        return cls.NONE
+
 
 BYTE_STAGES = {"download", "bytes"}
 BYTE_TOTAL = 1 << 20  # a total this large counts bytes (no model has a million shards)
@@ -53,8 +90,9 @@ def describe_load(event: LoadProgress) -> str:
 class StatusBar(Static):
     """Shows what is loaded and what it is doing."""
 
-    model_state: reactive[str] = reactive("loading")
-    reply_state: reactive[str] = reactive("")
+    model_state: reactive[ModelState] = reactive(ModelState.LOADING)
+    load_progress: reactive[LoadProgress | None] = reactive(None)
+    reply_state: reactive[ReplyState] = reactive(ReplyState.NONE)
     tokens_per_s: reactive[float | None] = reactive(None)
     context_used: reactive[int] = reactive(0)
 
@@ -67,21 +105,26 @@ class StatusBar(Static):
     @property
     def state(self) -> str:
         """What is shown as the state: the conversation's, else the model's."""
-        return self.reply_state or self.model_state
+        if self.reply_state is not ReplyState.NONE:
+            return self.reply_state.format(regenerate=keymap_of(self).say("regenerate"))
+        if self.model_state is ModelState.LOADING and self.load_progress is not None:
+            return describe_load(self.load_progress)
+        return self.model_state.value
 
     def set_info(self, info: ModelInfo) -> None:
         """Record the loaded model's description."""
         self.info = info
         self.refresh_text()
 
-    def show_load(self, event: LoadProgress) -> None:
-        """Show how far loading has come."""
-        self.model_state = describe_load(event)
+    def show_load(self, event: LoadProgress | None) -> None:
+        """The model is loading (again, if ``event`` is None): show how far it has come."""
+        self.load_progress = event
+        self.model_state = ModelState.LOADING
 
     def reset(self, context_used: int = 0) -> None:
         """Another conversation is open: drop the last one's state and speed."""
         self._count_key += 1
-        self.reply_state = ""
+        self.reply_state = ReplyState.NONE
         self.tokens_per_s = None
         self.context_used = context_used
 
@@ -110,6 +153,9 @@ class StatusBar(Static):
             self.context_used = message.tokens
 
     def watch_model_state(self) -> None:
+        self.refresh_text()
+
+    def watch_load_progress(self) -> None:
         self.refresh_text()
 
     def watch_reply_state(self) -> None:
