@@ -1,13 +1,12 @@
 """Ranking and snippets for search hits, from FTS5's ``highlight()`` of each match (pure).
 
 FTS5's own ``bm25()`` first counts, for every query word, the messages in the whole index
-that contain it: over a million messages a common word costs ~25 ms before the first hit
-is scored. Search ranks only the newest matches, every one of which contains every query
-word, so that global count would weigh the words against each other and nothing more.
-Here each match is scored with BM25 over term frequencies and lengths (all words weighted
-alike), read from the highlighted text that FTS5 produces in ~3 us a message, and the
-snippet is cut from the same text: for two common words over a million messages a search
-takes 15 ms instead of the 37 ms of ``bm25()`` plus ``snippet()``.
+that contain it, before the first hit is scored. Search ranks only the newest matches,
+every one of which contains every query word, so that global count would weigh the words
+against each other and nothing more. Here each match is scored with BM25 over term
+frequencies and lengths (all words weighted alike), read from the highlighted text that
+FTS5 produces cheaply for each message, and the snippet is cut from the same text. What
+this saves is measured in the README's Performance section (``benchmarks/startup.py``).
 
 Words are compared as the ``unicode61 remove_diacritics 2`` tokenizer does: runs of
 letters and digits, case-folded, accents removed.

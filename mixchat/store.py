@@ -13,11 +13,11 @@ ignoring case and accents ("cafe" finds "Café"); ``word*`` matches a word
 prefix, and when no message has every word whole, the words are retried as
 prefixes ("deploy" then finds "deployment"). Whole words come first because
 FTS5 reads a term's index lazily, newest first, but merges every term of a
-prefix into memory before the first hit: over a million messages a common
-prefix costs ~45 ms, a common word well under 1 ms. Hits are ranked by BM25
-among the newest SEARCH_WINDOW matches, scored from FTS5's ``highlight()`` in
-``searchrank.py`` (FTS5's own ``bm25()`` first counts every message holding each
-word: ~25 ms per common word over a million messages).
+prefix into memory before the first hit, so a common prefix costs far more than a
+common word. Hits are ranked by BM25 among the newest SEARCH_WINDOW matches, scored
+from FTS5's ``highlight()`` in ``searchrank.py`` (FTS5's own ``bm25()`` first counts
+every message holding each word). The measured costs are in the README's
+Performance section (``benchmarks/startup.py``, ``benchmarks/search_bounds.py``).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ from mixchat.textsafe import scrub_surrogates
 
 BUSY_TIMEOUT_S = 30.0
 SEARCH_WINDOW = 1000  # search ranks at most this many of the newest matches
-# FTS5's highlight() costs hits x length (see searchrank): up to ~0.3 ms for a message
-# this long made only of hits. Longer ones are marked in an excerpt (searchrank).
+# FTS5's highlight() costs hits x length (see searchrank); longer messages are marked in
+# an excerpt instead (searchrank; benchmarks/search_bounds.py measures both).
 HIGHLIGHT_MAX_CHARS = 4_000
 # Longer searches are refused: no one types them, and each word (above all a word
 # retried as a prefix) is one more index lookup: 333 two-letter words took seconds.
