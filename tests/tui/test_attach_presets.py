@@ -341,3 +341,51 @@ def test_left_out_counts_unsent_messages_among_the_dropped() -> None:
     assert left_out(messages, 1) == 1
     assert left_out(messages, 2) == 3
     assert left_out(messages, 3) == 4
+
+
+async def test_file_names_are_never_markup(
+    make_app: AppFactory, store: ConversationStore, tmp_path: Path
+) -> None:
+    odd = tmp_path / "[bold]x[$y].txt"
+    odd.write_text("text\n")
+    app = make_app()
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = await ready(pilot)
+        await attach(pilot, odd)
+        assert f"Attached: {odd} (5 B" in str(bar(screen).render())
+        await attach(pilot, tmp_path / "[red]gone.txt")
+        assert notes(app)[-1] == f"{tmp_path}/[red]gone.txt: no such file"
+        await from_palette(pilot, "Remove attached file")
+        assert notes(app)[-1] == f"Removed {odd}."
+
+
+async def test_attach_on_the_real_transformers_path(tiny_model: Path, tmp_path: Path) -> None:
+    """The tiny Mixtral counts an attached file, refuses one too big for its context
+    before anything is saved, and gets the composed message."""
+    from mixchat.config import Settings
+    from mixchat.engine.factory import make_engine
+
+    small, huge = tmp_path / "small.txt", tmp_path / "huge.txt"
+    small.write_text("a small file\n")
+    huge.write_text("word " * 40_000)  # more tokens than the 32k context
+    store = ConversationStore.open()
+    settings = Settings(model=str(tiny_model), max_new_tokens=4, temperature=0)
+    app = MixchatApp(settings, make_engine, store)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = await ready(pilot)
+        await attach(pilot, huge)
+        await type_and_send(pilot, "Too much")
+        await settle(pilot)
+        assert store.list_conversations() == []
+        assert len([n for n in notes(app) if n.startswith("Not sent:")]) == 1
+        await from_palette(pilot, "Remove attached file")
+        await attach(pilot, small)
+        await until(pilot, lambda: "tokens" in str(bar(screen).render()), "the token count")
+        await type_and_send(pilot, "Read it")
+        await settle(pilot)
+        conv = only_conversation(store)
+        file = attachments.read_file(small, 1 << 20)
+        assert conv.messages[0].content == attachments.compose_message("Read it", [file])
+        assert conv.messages[0].attachments == [file.record()]
+        assert [m.role for m in conv.messages] == [Role.USER, Role.ASSISTANT]
+    store.close()
