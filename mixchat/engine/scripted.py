@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mixchat.conversation import Message
 from mixchat.engine.base import (
+    ContextTrimmed,
     EngineError,
     Event,
     Failed,
@@ -26,7 +27,7 @@ from mixchat.engine.base import (
     TextDelta,
     Usage,
 )
-from mixchat.prompt import prompt_messages
+from mixchat.prompt import PromptError, prompt_messages
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ScriptedReply:
     gate: threading.Event | None = None  # if set, waits for it before each piece...
     gate_from: int = 0  # ...from this piece on
     finish: FinishReason = "stop"  # "length": as if cut by the token limit
+    trimmed: int = 0  # reports this many oldest messages left out (ContextTrimmed)
 
 
 @dataclass
@@ -55,6 +57,9 @@ class ScriptedEngine:
     load_events: list[LoadProgress | Notice] | None = None
     load_gate: threading.Semaphore | None = None
     load_error: str | None = None
+    # With a context size, ``check_fits`` refuses a prompt whose ``count_tokens`` and
+    # ``max_new_tokens`` exceed it (None: every prompt fits).
+    context_size: int | None = None
 
     def queue(
         self,
@@ -64,9 +69,10 @@ class ScriptedEngine:
         gate: threading.Event | None = None,
         gate_from: int = 0,
         finish: FinishReason = "stop",
+        trimmed: int = 0,
     ) -> None:
         """Add a reply to the script."""
-        reply = ScriptedReply(list(pieces), delay_s, fail_with, gate, gate_from, finish)
+        reply = ScriptedReply(list(pieces), delay_s, fail_with, gate, gate_from, finish, trimmed)
         self.replies.append(reply)
 
     def load(self) -> Iterator[LoadProgress | Notice]:
@@ -88,6 +94,19 @@ class ScriptedEngine:
         texts += [system_prompt] if system_prompt else []
         return sum(len(text.split()) + 3 for text in texts)
 
+    def check_fits(
+        self, messages: Sequence[Message], system_prompt: str | None, max_new_tokens: int
+    ) -> None:
+        """``PromptError`` when the counted prompt and the reply exceed ``context_size``."""
+        if self.context_size is None:
+            return
+        needed = self.count_tokens(messages, system_prompt) + max_new_tokens
+        if needed > self.context_size:
+            raise PromptError(
+                f"the prompt needs {needed:,} tokens with the reply; the context holds "
+                f"{self.context_size:,}"
+            )
+
     def info(self) -> ModelInfo:
         """A fixed description."""
         return ModelInfo("scripted", "none", "none", "none", "cpu", 0, 32768)
@@ -106,6 +125,8 @@ class ScriptedEngine:
             if self.replies
             else ScriptedReply([f"echo: {messages[-1].content}"])
         )
+        if reply.trimmed:
+            yield ContextTrimmed(reply.trimmed, 0, self.context_size or 0)
         started = time.perf_counter()
         count = 0
         for index, piece in enumerate(reply.pieces):

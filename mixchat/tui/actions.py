@@ -24,6 +24,7 @@ class Where(enum.Enum):
     APP = "Everywhere"
     CONFIRM = "When asked to confirm"
     RENAME = "When renaming"
+    ATTACH = "When attaching a file"
     SETTINGS = "In the settings"
     HELP = "In this help"
     SETUP = "When no model is loaded"
@@ -31,7 +32,7 @@ class Where(enum.Enum):
     @property
     def modal(self) -> bool:
         """A dialog over the chat: only its own keys and the app's priority keys apply."""
-        return self in {Where.CONFIRM, Where.RENAME, Where.SETTINGS, Where.HELP}
+        return self in {Where.CONFIRM, Where.RENAME, Where.SETTINGS, Where.HELP, Where.ATTACH}
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,22 @@ ACTIONS: tuple[Action, ...] = (
     Action(
         "settings", "ctrl+s", W.CHAT, "Conversation settings",
         "conversation settings: system prompt, temperature, top-p, top-k, max tokens, seed",
+        palette=True,
+    ),
+    Action(
+        "attach_file", "ctrl+g", W.CHAT, "Attach a file",
+        "put a text file into your next message (a path, with completion); the attached "
+        "files are listed above the message box",
+        palette=True,
+    ),
+    Action(
+        "detach_file", "", W.CHAT, "Remove attached file",
+        "remove the last file attached to your next message", palette=True,
+    ),
+    Action(
+        "pick_preset", "f12", W.CHAT, "Preset",
+        "apply a preset (system prompt and settings) to the open conversation, or to new "
+        "ones when none is open",
         palette=True,
     ),
     Action(
@@ -182,6 +199,10 @@ ACTIONS: tuple[Action, ...] = (
     Action(
         "settings_cancel", "escape", W.SETTINGS, "Cancel", "close without saving",
         action="dismiss(None)",
+    ),
+    Action(
+        "attach_cancel", "escape", W.ATTACH, "Cancel",
+        "cancel (Enter attaches the file)", action="dismiss(None)",
     ),
     Action("help_close", "escape,f1,q", W.HELP, "Close", "close this help", action="dismiss(None)"),
     Action(

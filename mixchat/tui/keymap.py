@@ -55,7 +55,7 @@ LABELS = {
     "space": "Space",
     "backspace": "Backspace",
 }
-TYPING = {Where.APP, Where.CHAT, Where.MESSAGE_BOX, Where.RENAME, Where.SETTINGS}
+TYPING = {Where.APP, Where.CHAT, Where.MESSAGE_BOX, Where.RENAME, Where.SETTINGS, Where.ATTACH}
 # Who uses a key that an entry may not take, by the Textual class that binds it.
 OWNERS = {
     "TextArea": "the message box",
@@ -164,6 +164,7 @@ def _widget_keys(where: Where) -> dict[str, str]:
         Where.RENAME: [Input],
         Where.SETTINGS: [TextArea, Input, Button, *scroll],
         Where.HELP: scroll,
+        Where.ATTACH: [Input],
         Where.SETUP: scroll,
     }
     ours = {action.textual_action for action in ACTIONS}

@@ -8,6 +8,7 @@ first message that differs, so a long conversation is not drawn again for one ne
 from __future__ import annotations
 
 from mixchat.conversation import Message, Role, Status
+from mixchat.prompt import prompt_messages
 from mixchat.tui.widgets.chat_view import ChatView
 
 Shown = tuple[int | None, Role, Status, str]
@@ -66,3 +67,17 @@ class ShownConversation:
         await self._chat.add_messages(messages[same:])
         self._shown = fresh
         return True
+
+
+def left_out(messages: list[Message], dropped: int) -> int:
+    """How many of ``messages`` (from the first) hold the ``dropped`` oldest messages of
+    their prompt: those and the unsendable ones among them are what the prompt left out."""
+    if dropped <= 0:
+        return 0
+    sent = {id(m) for m in prompt_messages(messages)}
+    reached = 0
+    for index, message in enumerate(messages):
+        reached += id(message) in sent
+        if reached == dropped:
+            return index + 1
+    return len(messages)

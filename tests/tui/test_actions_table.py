@@ -12,6 +12,7 @@ from mixchat.tui.actions import ACTIONS, Where, unbound_key
 from mixchat.tui.app import MixchatApp
 from mixchat.tui.keymap import DEFAULT_KEYMAP
 from mixchat.tui.messages import ModelReady
+from mixchat.tui.screens.attach import AttachScreen
 from mixchat.tui.screens.chat import ChatScreen
 from mixchat.tui.screens.modals import ConfirmScreen, HelpScreen, RenameScreen, SettingsScreen
 from mixchat.tui.screens.setup import ModelSetupScreen
@@ -26,6 +27,7 @@ WHERE_CLASS: dict[Where, type] = {
     Where.SIDEBAR: ConversationList,
     Where.CONFIRM: ConfirmScreen,
     Where.RENAME: RenameScreen,
+    Where.ATTACH: AttachScreen,
     Where.SETTINGS: SettingsScreen,
     Where.HELP: HelpScreen,
     Where.SETUP: ModelSetupScreen,

@@ -21,11 +21,13 @@ from mixchat.store import ConversationStore
 from mixchat.tui.actions import Where, bindings
 from mixchat.tui.edit import LastMessageEdit
 from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, ReplyUsage
+from mixchat.tui.screens.attach import AttachmentBar, Attachments
 from mixchat.tui.screens.chat_commands import ChatCommands
 from mixchat.tui.screens.chat_conversation import ConversationController
 from mixchat.tui.screens.chat_reply import ReplyStream
 from mixchat.tui.screens.chat_sync import StoreSync
-from mixchat.tui.shown import ShownConversation
+from mixchat.tui.screens.preset_picker import PresetPicker
+from mixchat.tui.shown import ShownConversation, left_out
 from mixchat.tui.widgets.chat_view import ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 from mixchat.tui.widgets.sidebar import ConversationList, Sidebar
@@ -50,12 +52,15 @@ class ChatScreen(Screen[None]):
         self.reply = ReplyStream(self)
         self.commands = ChatCommands(self)
         self.store_sync = StoreSync(self)
+        self.attachments = Attachments(self)
+        self.presets = PresetPicker(self)
 
     def compose(self) -> ComposeResult:
         with Horizontal():
             yield Sidebar(self.store, id="sidebar")
             with Vertical(id="main"):
                 yield ChatView(id="chat")
+                yield AttachmentBar(id="attachments")
                 yield PromptInput(self.settings.model, id="input")
         yield StatusBar(self.settings.model, id="status")
 
@@ -150,7 +155,16 @@ class ChatScreen(Screen[None]):
 
     @on(ContextTrimmedNote)
     def on_context_trimmed(self, message: ContextTrimmedNote) -> None:
-        self.notify(f"The {message.dropped} oldest messages were left out to fit the context.")
+        self.notify(
+            f"The {message.dropped} oldest messages were left out to fit the context "
+            "(dimmed in the chat)."
+        )
+        self.dim_left_out(message.dropped)
+
+    def dim_left_out(self, dropped: int) -> None:
+        """Dim the messages that the ``dropped`` oldest of the prompt were (0: none)."""
+        messages = list(self.conversation.messages) if self.conversation is not None else []
+        self.chat.dim_first(left_out(messages, dropped))
 
     @on(ReplyDone)
     async def on_reply_done(self, message: ReplyDone) -> None:
@@ -158,6 +172,7 @@ class ChatScreen(Screen[None]):
         if outcome is None:
             return
         await self.control.reply_ended(outcome)
+        self.dim_left_out(outcome.dropped_messages)  # they fit again: nothing dimmed
         if self.reply.exit_after:
             self.app.exit()
 
@@ -228,6 +243,18 @@ class ChatScreen(Screen[None]):
     def action_copy_code(self) -> None:
         """Copy the last code block of the last answer."""
         self.commands.copy_code()
+
+    def action_attach_file(self) -> None:
+        """Ask for a file to put into the next message."""
+        self.attachments.ask()
+
+    def action_detach_file(self) -> None:
+        """Remove the last file attached to the next message."""
+        self.attachments.remove_last()
+
+    def action_pick_preset(self) -> None:
+        """Apply a preset to the open conversation (or to new ones)."""
+        self.presets.open()
 
     def action_toggle_sidebar(self) -> None:
         """Show or hide the conversation list."""

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from mixchat import attachments
 from mixchat.config import Settings, SettingsSources
 from mixchat.conversation import Conversation, Message, Role, Status
-from mixchat.prompt import prompt_messages
+from mixchat.prompt import PromptError, prompt_messages
 from mixchat.tui import branches
 from mixchat.tui.edit import last_user_index
 from mixchat.tui.errors import notify_store_errors
@@ -180,7 +181,9 @@ class ConversationController:
         await screen.store_sync.check()  # the prompt never holds a turn the view does not show
         if (editing and screen.edit.pending is None) or (open_before and self.conversation is None):
             return  # changed or deleted under the user's eyes: the text waits in the box
-        message = Message(Role.USER, text)
+        files = screen.attachments.files
+        content = attachments.compose_message(text, files)
+        message = Message(Role.USER, content, attachments=[f.record() for f in files])
         edit = screen.edit.pending
         turn = self.turn()
         if edit is not None and self.conversation is not None:
@@ -188,7 +191,10 @@ class ConversationController:
             screen.edit.end(restore_draft=False)
             await screen.shown.drop_from(edit.index)
         else:
-            turn.ask(message)
+            if not self._fits(turn, message):
+                return
+            turn.ask(message, title=attachments.title_for(text, files))
+        screen.attachments.sent()
         if self.conversation is None:
             self.new_settings = {}
             assert turn.conversation is not None
@@ -197,12 +203,27 @@ class ConversationController:
         screen.prompt.take(text)
         if edit is not None:  # what the box held before the edit comes back
             screen.prompt.recall(edit.draft + screen.prompt.text)
-        await screen.chat.add_user(text)
+        await screen.chat.add_user(content)
         screen.shown.appended(message)
         screen.sidebar.reload()
         screen.status.reset(screen.status.context_used)
         self.count_context()
         await self._answer()
+
+    def _fits(self, turn: Turn, message: Message) -> bool:
+        """Check, where the loaded engine can tell, that the prompt with ``message`` fits
+        the context; if not, say so (one notification) and save nothing."""
+        if self.screen.engine is None:
+            return True
+        try:
+            turn.check_fits(self.screen.engine, message)
+        except PromptError as exc:
+            self.screen.notify(
+                f"Not sent: {exc}", title="Too big for the context", severity="error",
+                markup=False,
+            )  # fmt: skip
+            return False
+        return True
 
     async def _answer(self) -> None:
         screen = self.screen

@@ -282,6 +282,12 @@ class ChatView(VerticalScroll):
             if isinstance(block, (UserBlock, AssistantBlock)):
                 block.set_branch(labels.get(len(self._hidden) + offset, ""))
 
+    def dim_first(self, count: int) -> None:
+        """Dim the first ``count`` messages of the conversation (left out of the last
+        prompt to fit the context); every other drawn message is shown as usual."""
+        for offset, block in enumerate(self.query(".message")):
+            block.set_class(len(self._hidden) + offset < count, "left-out")
+
     async def remove_last(self, count: int) -> None:
         """Drop the last ``count`` blocks (regenerate, edit)."""
         children = list(self.query(".message"))

@@ -37,6 +37,7 @@ class PromptInput(TextArea):
 
     def __init__(self, model: str = "", **kwargs: object) -> None:
         self.model_name = model_display_name(model)
+        self.allow_empty = False  # files are attached: Enter sends without text
         super().__init__(
             soft_wrap=True,
             show_line_numbers=False,
@@ -68,7 +69,7 @@ class PromptInput(TextArea):
             event.stop()
             event.prevent_default()
             text = self.text
-            if text.strip():
+            if text.strip() or self.allow_empty:
                 self.post_message(self.Submitted(text))
             return
         if await run_binding_now(self, event):  # Backspace & co. in typing order
