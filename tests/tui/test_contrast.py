@@ -240,6 +240,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("theme", sorted(REQUIRED))
 async def test_every_text_reaches_the_required_contrast(
     theme: str, store: ConversationStore

@@ -25,6 +25,8 @@ from tests.tui.conftest import AppFactory
 from tests.tui.screen import screen_lines, screen_segments
 from tests.tui.test_app import ready, type_and_send, wait_reply
 
+pytestmark = pytest.mark.slow  # every answer of the corpus, streamed, in every theme
+
 CORPUS = Path(__file__).parent / "corpus"
 HOSTILE = (
     "Markup stays text: [bold]markup[/bold] [/INST] [link=https://x.invalid]y[/link] "

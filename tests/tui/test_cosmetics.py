@@ -189,6 +189,7 @@ DEEP = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DEEP))
 @pytest.mark.parametrize("streamed", [False, True], ids=["saved", "streamed"])
 async def test_deeply_nested_lists_and_quotes_show_their_text(name: str, streamed: bool) -> None:

@@ -255,6 +255,7 @@ async def streamed(pilot, pieces: list[str]):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     "text", [REPLY, TRICKY, UNCLOSED], ids=["reply", "tricky", "unclosed-fence"]
 )
+@pytest.mark.slow
 async def test_streamed_reply_renders_like_whole_text(
     monkeypatch: pytest.MonkeyPatch, segment_blocks: int, text: str
 ) -> None:
@@ -271,6 +272,7 @@ async def test_streamed_reply_renders_like_whole_text(
             assert cells == want_cells, name
 
 
+@pytest.mark.slow
 async def test_character_by_character(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reply_renderer, "SEGMENT_BLOCKS", 1)
     text = REPLY[: REPLY.index("| name")]
@@ -280,6 +282,7 @@ async def test_character_by_character(monkeypatch: pytest.MonkeyPatch) -> None:
         assert await streamed(pilot, list(text)) == want
 
 
+@pytest.mark.slow
 async def test_long_reply_is_cut_into_segments_with_the_same_spacing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -393,6 +396,7 @@ class SideBySide(App[None]):
             yield VerticalScroll(id="right")
 
 
+@pytest.mark.slow
 async def test_every_step_of_a_stream_shows_what_its_text_so_far_renders_to(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
