@@ -24,6 +24,7 @@ from mixchat.tui.messages import ContextTrimmedNote, ReplyDone, ReplyText, Reply
 from mixchat.tui.screens.chat_commands import ChatCommands
 from mixchat.tui.screens.chat_conversation import ConversationController
 from mixchat.tui.screens.chat_reply import ReplyStream
+from mixchat.tui.screens.chat_selection import MessageSelection
 from mixchat.tui.screens.chat_sync import StoreSync
 from mixchat.tui.shown import ShownConversation
 from mixchat.tui.widgets.chat_view import ChatView
@@ -50,6 +51,7 @@ class ChatScreen(Screen[None]):
         self.reply = ReplyStream(self)
         self.commands = ChatCommands(self)
         self.store_sync = StoreSync(self)
+        self.selection = MessageSelection(self)
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -185,7 +187,10 @@ class ChatScreen(Screen[None]):
     # -- actions (the keys of ``Where.CHAT`` in ``mixchat.tui.actions``) -------
 
     def action_escape(self) -> None:
-        """Esc: clear the search box, then leave it; cancel an edit; else stop the answer."""
+        """Esc: leave the message selection; clear the search box, then leave it; cancel an
+        edit; else stop the answer."""
+        if self.selection.leave():
+            return
         if self.sidebar.clear_search():
             return
         if self.focused is self.sidebar.query_one("#search"):
@@ -220,6 +225,10 @@ class ChatScreen(Screen[None]):
     def action_edit_last(self) -> None:
         """Put the last user message back in the input; nothing is dropped until it is sent."""
         self.control.edit_last()
+
+    async def action_select_messages(self) -> None:
+        """Select the last message, to act on it (``Where.MESSAGES``'s keys)."""
+        await self.selection.enter()
 
     def action_copy_answer(self) -> None:
         """Copy the last answer to the clipboard (OSC 52)."""
