@@ -13,9 +13,10 @@ from mixchat.conversation import Conversation, Message, Role
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
 from mixchat.tui.app import MixchatApp
+from mixchat.tui.keymap import Keymap
 from mixchat.tui.screens.chat import ChatScreen
 from mixchat.tui.screens.modals import ConfirmScreen
-from mixchat.tui.widgets.chat_view import AssistantBlock, ChatView, UserBlock
+from mixchat.tui.widgets.chat_view import INITIAL_MESSAGES, AssistantBlock, ChatView, UserBlock
 from mixchat.tui.widgets.code_stream import CodeFence
 from mixchat.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import AppFactory
@@ -213,6 +214,7 @@ async def test_delete_from_here_asks_then_removes_only_that_and_below(
         await pilot.press("ctrl+up", "up", "up", "up", "d")  # q2
         await settle(pilot)
         assert isinstance(app.screen, ConfirmScreen)
+        assert any("Delete this message and the 3 under it?" in line for line in screen_text(app))
         await pilot.press("n")  # no: nothing changes
         await settle(pilot)
         assert contents(store, conv.id) == ["q1", "a1", "q2", "a2", "q3", "a3"]
@@ -257,3 +259,45 @@ async def test_changes_are_refused_while_an_answer_streams(
         gate.set()
         await settle(pilot)
         assert contents(store, conv.id) == ["q1", "a1", "q2", "slow answer"]
+
+
+async def test_the_selection_reaches_messages_not_drawn_yet(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    texts = [f"message {n}" for n in range(INITIAL_MESSAGES + 4)]
+    conv = saved(store, *texts)
+    app = make_app(resume_id=conv.id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.chat.hidden_count == 4
+        await pilot.press("ctrl+up", *["up"] * (len(texts) - 1))
+        await settle(pilot)
+        assert selected(screen) == "message 0"
+        assert screen.chat.hidden_count == 0
+        assert any("message 0" in line for line in screen_text(app))
+
+
+async def test_remapped_keys_act_and_are_named(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    conv = saved(store, "q1", CODE_ANSWER)
+    keymap = Keymap({"copy_message": ("y",), "copy_block_2": ("x",), "select_messages": ("f5",)})
+    app = make_app(
+        resume_id=conv.id, settings=Settings(model="m", clipboard="osc52"), keymap=keymap
+    )
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+up")  # no longer the key
+        await settle(pilot)
+        assert not screen.chat.query(".selected")
+        await pilot.press("f5")
+        await settle(pilot)
+        block = screen.chat.query_one(".selected", AssistantBlock)
+        assert str(block.border_title).startswith("Y copy · R again")
+        await pilot.press("c")  # no longer the key: nothing copied
+        await pilot.press("x")
+        await copied(pilot, app, 1)
+        assert app.clipboard == "echo two\n"
+        await pilot.press("y")
+        await copied(pilot, app, 2)
+        assert app.clipboard == CODE_ANSWER

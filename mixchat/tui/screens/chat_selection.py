@@ -258,12 +258,9 @@ class MessageSelection:
         if found is None or self._refused():
             return
         index, message = found
-        below = len(self._messages()) - index - 1
-        what = "this message" + (f" and the {below} shown under it" if below else "")
-        question = (
-            f"Delete {what}, with every other version under it? The versions beside it "
-            "stay. This cannot be undone."
-        )
+        count = len(self._messages()) - index - 1
+        under = f" and the {count} under it" if count else ""
+        question = f"Delete this message{under}? Versions beside it stay."
 
         async def apply(confirmed: bool | None) -> None:
             if confirmed:
