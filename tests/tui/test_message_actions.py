@@ -301,3 +301,35 @@ async def test_remapped_keys_act_and_are_named(
         await pilot.press("y")
         await copied(pilot, app, 2)
         assert app.clipboard == CODE_ANSWER
+
+
+async def test_delete_from_the_first_message_empties_the_conversation(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    conv = saved(store, "q1", "a1", "q2", "a2")
+    other = saved(store, "kept", "too")
+    app = make_app(resume_id=conv.id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+up", "up", "up", "up", "delete")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert contents(store, conv.id) == []
+        assert not screen.chat.query(".message")
+        assert isinstance(app.focused, PromptInput)  # nothing left to select
+        assert contents(store, other.id) == ["kept", "too"]
+
+
+async def test_a_new_conversation_ends_the_selection(
+    make_app: AppFactory, store: ConversationStore
+) -> None:
+    conv = saved(store, "q1", "a1")
+    app = make_app(resume_id=conv.id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+up", "ctrl+n")
+        await settle(pilot)
+        assert not screen.selection.active
+        await pilot.press("escape", "x")  # Esc is not taken by a selection left behind
+        assert app.query_one(PromptInput).text == "x"

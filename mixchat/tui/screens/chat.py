@@ -177,6 +177,7 @@ class ChatScreen(Screen[None]):
 
     async def open_conversation(self, conversation_id: str) -> None:
         """Show a saved conversation and continue it."""
+        self.selection.leave()
         await self.control.open(conversation_id)
 
     def quit_after_reply(self) -> bool:
@@ -207,6 +208,7 @@ class ChatScreen(Screen[None]):
 
     async def action_new(self) -> None:
         """Start a new conversation."""
+        self.selection.leave()
         await self.control.new()
 
     async def action_regenerate(self) -> None:
