@@ -20,6 +20,7 @@ class Where(enum.Enum):
 
     MESSAGE_BOX = "In the message box"
     CHAT = "In the chat"
+    MESSAGES = "When a message is selected"
     SIDEBAR = "In the conversation list"
     APP = "Everywhere"
     CONFIRM = "When asked to confirm"
@@ -72,8 +73,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("newline", "shift+enter,ctrl+j", W.MESSAGE_BOX, "New line", "new line in the message"),
     Action(
         "stop", "escape", W.CHAT, "Stop answer",
-        "stop the answer (in the search box: clear it, then leave it; while editing your "
-        "last message: cancel the edit)",
+        "stop the answer (in the search box: clear it, then leave it; while editing a "
+        "message: cancel the edit; when a message is selected: leave the selection)",
         action="escape", palette=True, priority=True, command="stop",
     ),
     Action("new", "ctrl+n", W.CHAT, "New conversation", "start a new conversation", palette=True),
@@ -144,6 +145,11 @@ ACTIONS: tuple[Action, ...] = (
         "copy the last code block of the last answer", palette=True,
     ),
     Action(
+        "select_messages", "ctrl+up", W.CHAT, "Select a message",
+        "select a message (the last one) to copy, edit, regenerate, fork or delete it; "
+        "{stop} leaves", palette=True,
+    ),
+    Action(
         "delete", "", W.CHAT, "Delete conversation",
         "delete the open conversation (asks first)", palette=True,
     ),
@@ -157,6 +163,34 @@ ACTIONS: tuple[Action, ...] = (
         "save the open conversation as a .json file (mixchat import reads it) in the "
         "current directory",
         action="export('json')", palette=True,
+    ),
+    Action("select_previous", "up,k", W.MESSAGES, "Previous message", "select the one above"),
+    Action("select_next", "down,j", W.MESSAGES, "Next message", "select the one below"),
+    Action("copy_message", "c", W.MESSAGES, "Copy message", "copy the selected message"),
+    *(
+        Action(
+            f"copy_block_{n}", str(n), W.MESSAGES, f"Copy code block {n}",
+            f"copy the selected message's code block marked [{n}]",
+            action=f"copy_block({n})",
+        )
+        for n in range(1, 10)
+    ),
+    Action(
+        "edit_message", "e", W.MESSAGES, "Edit message",
+        "edit the selected message of yours: {send} sends it as a new version beside the "
+        "old one ({older_version} shows the old), {stop} cancels",
+    ),
+    Action(
+        "regenerate_from", "r", W.MESSAGES, "Regenerate from here",
+        "answer the question of the selected answer again (the old answer stays beside it)",
+    ),
+    Action(
+        "fork_from", "f", W.MESSAGES, "Fork from here",
+        "a new conversation with the messages up to and including the selected one",
+    ),
+    Action(
+        "delete_from", "d,delete", W.MESSAGES, "Delete from here",
+        "delete the selected message and everything under it (asks first)",
     ),
     Action("open_selected", "enter", W.SIDEBAR, "Open", "open the conversation", action="select"),
     Action("rename_selected", "r", W.SIDEBAR, "Rename", "rename the conversation"),

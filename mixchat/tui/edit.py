@@ -35,6 +35,7 @@ class PendingEdit:
     message_id: int
     index: int  # of the edited message in the conversation
     draft: str
+    earlier: bool = False  # an earlier message than the last of the user's (selected)
 
 
 def last_user_index(messages: list[Message]) -> int | None:
@@ -57,10 +58,18 @@ class LastMessageEdit:
     def begin(self, messages: list[Message]) -> bool:
         """Recall the last user message into the box; False if there is none."""
         index = last_user_index(messages)
-        if index is None or messages[index].id is None:
+        if index is None:
+            return False
+        return self.begin_at(messages, index)
+
+    def begin_at(self, messages: list[Message], index: int) -> bool:
+        """Recall the user message at ``index`` (any of them: message selection) into the
+        box; sent, it goes beside it as a new version. False if it has no id."""
+        if messages[index].id is None:
             return False
         if self.pending is None:
-            self.pending = PendingEdit(messages[index].id, index, self._prompt.text)  # type: ignore[arg-type]
+            earlier = index != last_user_index(messages)
+            self.pending = PendingEdit(messages[index].id, index, self._prompt.text, earlier)  # type: ignore[arg-type]
         blocks = list(self._chat.query(".message"))
         for block in blocks[max(0, len(blocks) - (len(messages) - index)) :]:
             block.add_class(SUPERSEDED)
@@ -71,9 +80,13 @@ class LastMessageEdit:
         return True
 
     def still_applies(self, messages: list[Message]) -> bool:
-        """Whether the edited message is still the last of the user's in ``messages``."""
+        """Whether the edited message is still the last of the user's in ``messages`` (an
+        earlier one: still shown where it was)."""
         if self.pending is None:
             return False
+        if self.pending.earlier:
+            at = self.pending.index
+            return at < len(messages) and messages[at].id == self.pending.message_id
         index = last_user_index(messages)
         return index is not None and messages[index].id == self.pending.message_id
 

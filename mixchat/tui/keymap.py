@@ -159,6 +159,7 @@ def _widget_keys(where: Where) -> dict[str, str]:
         Where.APP: [TextArea, Input, OptionList, Button, *scroll],
         Where.CHAT: [TextArea, Input, OptionList, *scroll],
         Where.MESSAGE_BOX: [TextArea],
+        Where.MESSAGES: scroll,
         Where.SIDEBAR: [OptionList],
         Where.CONFIRM: [Button],
         Where.RENAME: [Input],
@@ -236,7 +237,11 @@ def _overlap(a: Action, b: Action) -> bool:
         if app_action.where is Where.APP:
             return app_action.priority or not other.where.modal
     pair = {a.where, b.where}
-    return pair in ({Where.CHAT, Where.MESSAGE_BOX}, {Where.CHAT, Where.SIDEBAR})
+    return pair in (
+        {Where.CHAT, Where.MESSAGE_BOX},
+        {Where.CHAT, Where.SIDEBAR},
+        {Where.CHAT, Where.MESSAGES},  # the chat view is in the chat screen
+    )
 
 
 def _values(value: Any) -> list[str]:

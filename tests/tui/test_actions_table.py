@@ -16,6 +16,7 @@ from mixchat.tui.screens.attach import AttachScreen
 from mixchat.tui.screens.chat import ChatScreen
 from mixchat.tui.screens.modals import ConfirmScreen, HelpScreen, RenameScreen, SettingsScreen
 from mixchat.tui.screens.setup import ModelSetupScreen
+from mixchat.tui.widgets.chat_view import ChatView
 from mixchat.tui.widgets.sidebar import ConversationList
 from tests.tui.conftest import AppFactory
 from tests.tui.helpers import ready, settle
@@ -24,6 +25,7 @@ SIZE = (110, 40)
 WHERE_CLASS: dict[Where, type] = {
     Where.APP: MixchatApp,
     Where.CHAT: ChatScreen,
+    Where.MESSAGES: ChatView,
     Where.SIDEBAR: ConversationList,
     Where.CONFIRM: ConfirmScreen,
     Where.RENAME: RenameScreen,

@@ -25,6 +25,7 @@ from mixchat.tui.screens.attach import AttachmentBar, Attachments
 from mixchat.tui.screens.chat_commands import ChatCommands
 from mixchat.tui.screens.chat_conversation import ConversationController
 from mixchat.tui.screens.chat_reply import ReplyStream
+from mixchat.tui.screens.chat_selection import MessageSelection
 from mixchat.tui.screens.chat_sync import StoreSync
 from mixchat.tui.screens.preset_picker import PresetPicker
 from mixchat.tui.shown import ShownConversation, left_out
@@ -54,6 +55,7 @@ class ChatScreen(Screen[None]):
         self.store_sync = StoreSync(self)
         self.attachments = Attachments(self)
         self.presets = PresetPicker(self)
+        self.selection = MessageSelection(self)
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -190,6 +192,7 @@ class ChatScreen(Screen[None]):
 
     async def open_conversation(self, conversation_id: str) -> None:
         """Show a saved conversation and continue it."""
+        self.selection.leave()
         await self.control.open(conversation_id)
 
     def quit_after_reply(self) -> bool:
@@ -200,7 +203,10 @@ class ChatScreen(Screen[None]):
     # -- actions (the keys of ``Where.CHAT`` in ``mixchat.tui.actions``) -------
 
     def action_escape(self) -> None:
-        """Esc: clear the search box, then leave it; cancel an edit; else stop the answer."""
+        """Esc: leave the message selection; clear the search box, then leave it; cancel an
+        edit; else stop the answer."""
+        if self.selection.leave():
+            return
         if self.sidebar.clear_search():
             return
         if self.focused is self.sidebar.query_one("#search"):
@@ -217,6 +223,7 @@ class ChatScreen(Screen[None]):
 
     async def action_new(self) -> None:
         """Start a new conversation."""
+        self.selection.leave()
         await self.control.new()
 
     async def action_regenerate(self) -> None:
@@ -235,6 +242,10 @@ class ChatScreen(Screen[None]):
     def action_edit_last(self) -> None:
         """Put the last user message back in the input; nothing is dropped until it is sent."""
         self.control.edit_last()
+
+    async def action_select_messages(self) -> None:
+        """Select the last message, to act on it (``Where.MESSAGES``'s keys)."""
+        await self.selection.enter()
 
     def action_copy_answer(self) -> None:
         """Copy the last answer to the clipboard (OSC 52)."""

@@ -36,6 +36,7 @@ from textual.widgets import Button, Label, Markdown, Static
 
 from mixchat.conversation import Message, Role, Status
 from mixchat.textsafe import neutralize
+from mixchat.tui.actions import Where, bindings
 from mixchat.tui.keymap import keymap_of
 from mixchat.tui.widgets.code_stream import ChatMarkdown
 from mixchat.tui.widgets.long_text import (
@@ -202,7 +203,13 @@ INITIAL_MESSAGES = 40  # rendered when a conversation opens; older ones on reque
 
 
 class ChatView(VerticalScroll):
-    """All messages of the open conversation; stays at the bottom while streaming."""
+    """All messages of the open conversation; stays at the bottom while streaming.
+
+    Focused, it has the keys of the message selection (``Where.MESSAGES``); they run the
+    screen's ``selection`` (``screens/chat_selection``).
+    """
+
+    BINDINGS = bindings(Where.MESSAGES)
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -210,6 +217,48 @@ class ChatView(VerticalScroll):
 
     def on_mount(self) -> None:
         self.anchor()
+
+    @property
+    def hidden_count(self) -> int:
+        """How many of the oldest messages are not drawn (behind the "earlier" button)."""
+        return len(self._hidden)
+
+    async def _select(self, name: str, *args: int) -> None:
+        selection = getattr(self.screen, "selection", None)
+        if selection is not None:
+            await getattr(selection, name)(*args)
+
+    async def action_select_previous(self) -> None:
+        """Select the message above."""
+        await self._select("move", -1)
+
+    async def action_select_next(self) -> None:
+        """Select the message below."""
+        await self._select("move", 1)
+
+    async def action_copy_message(self) -> None:
+        """Copy the selected message."""
+        await self._select("copy")
+
+    async def action_copy_block(self, number: int) -> None:
+        """Copy the selected message's code block ``number``."""
+        await self._select("copy_block", number)
+
+    async def action_edit_message(self) -> None:
+        """Edit the selected message (the user's): sent as a new version."""
+        await self._select("edit")
+
+    async def action_regenerate_from(self) -> None:
+        """Answer the selected answer's question again."""
+        await self._select("regenerate")
+
+    async def action_fork_from(self) -> None:
+        """A new conversation up to the selected message."""
+        await self._select("fork")
+
+    async def action_delete_from(self) -> None:
+        """Delete the selected message and what is under it (asks first)."""
+        await self._select("delete")
 
     async def show_conversation(self, messages: list[Message]) -> None:
         """Replace the view with ``messages``: the newest ``INITIAL_MESSAGES`` at once, the
