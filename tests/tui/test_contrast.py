@@ -231,7 +231,7 @@ EXPECTED = {
     "code": ["# a comment", "const re", "for f in", '"key"', "The end."],
     "list-focused": ["The open conversation", "Another conversation"],
     "search": ["op"],
-    "help": ["Ctrl+Q"],
+    "help": ["In the chat", "Ctrl+N"],  # the first rows: the help scrolls
     "settings": ["temperature", "Save (Ctrl+S)"],
     "rename": ["New title"],
     "delete": ["Delete", "Cancel"],
