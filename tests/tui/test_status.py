@@ -148,3 +148,26 @@ async def test_context_drops_the_old_answer_when_regenerating(
         finally:
             gate.set()
         await settle(pilot)
+
+
+async def test_a_narrow_bar_keeps_the_state_speed_and_context(
+    make_app: AppFactory, engine: ScriptedEngine
+) -> None:
+    """At 80 columns a long model name and a long state left no room for ctx: the name
+    shortens, then the dtype/attention/device go; a wide bar shows everything."""
+    from mixchat.config import Settings
+
+    engine.queue("a cut answer", finish="length")
+    model = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    for size, whole in (((80, 24), False), ((160, 30), True)):
+        app = make_app(settings=Settings(model=model))
+        async with app.run_test(size=size) as pilot:
+            screen = await ready(pilot)
+            if not whole:
+                await type_and_send(pilot, "q")
+                await settle(pilot)
+                assert screen.status.state == "cut at the token limit"
+            line = str(screen.status.render())
+            assert "ctx " in line and "…" not in line, line
+            assert (model in line) is whole, line
+            assert "Mixtral-8x7B-Instruct-v0.1" in line

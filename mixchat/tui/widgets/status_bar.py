@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on, work
 from textual.reactive import reactive
@@ -167,18 +168,30 @@ class StatusBar(Static):
     def watch_context_used(self) -> None:
         self.refresh_text()
 
+    def on_resize(self) -> None:
+        self.refresh_text()
+
     def refresh_text(self) -> None:
-        """Re-render the line."""
-        parts = [neutralize(self.model_name)]
+        """Re-render the line. When it is wider than the bar, the model's name shortens to
+        its last path part and then the dtype, attention and device go, so that the state,
+        the speed and the context (what changes) stay in view."""
+        model = neutralize(self.model_name)
+        details: list[str] = []
         if self.info is not None:
-            parts += [
+            details = [
                 self.info.quantization if self.info.quantization != "none" else self.info.dtype,
                 self.info.attention,
                 neutralize(self.info.device),
             ]
-        parts.append(self.state)
+        live = [self.state]
         if self.tokens_per_s:
-            parts.append(f"{self.tokens_per_s:.1f} tok/s")
+            live.append(f"{self.tokens_per_s:.1f} tok/s")
         if self.info is not None:
-            parts.append(f"ctx {self.context_used:,}/{self.info.context_size:,}")
-        self.update(Text(neutralize(" │ ".join(parts)), no_wrap=True, overflow="ellipsis"))
+            live.append(f"ctx {self.context_used:,}/{self.info.context_size:,}")
+        width = self.size.width
+        short = model.rstrip("/").rsplit("/", 1)[-1] or model
+        for parts in ([model, *details, *live], [short, *details, *live], [short, *live]):
+            line = " │ ".join(parts)
+            if not width or cell_len(line) <= width:
+                break
+        self.update(Text(line, no_wrap=True, overflow="ellipsis"))
