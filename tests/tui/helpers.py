@@ -40,6 +40,13 @@ async def type_and_send(pilot: Pilot[None], text: str) -> None:
     await pilot.press("enter")
 
 
+async def wait_reply(pilot: Pilot[None]) -> None:
+    """Wait for the reply worker and the messages it posted."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.pause()
+
+
 async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str) -> None:
     """Let the app handle its messages until ``condition`` holds (posted from a thread)."""
     for _ in range(500):

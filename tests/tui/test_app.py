@@ -21,38 +21,9 @@ from mixchat.tui.widgets import sidebar as sidebar_module
 from mixchat.tui.widgets.chat_view import AssistantBlock, UserBlock
 from mixchat.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import AppFactory
+from tests.tui.helpers import only_conversation, ready, type_and_send, wait_reply
 
 SIZE = (110, 36)
-
-
-async def ready(pilot) -> ChatScreen:  # type: ignore[no-untyped-def]
-    """Wait until the model is loaded and return the chat screen."""
-    app: MixchatApp = pilot.app
-    await app.wait_for_model()
-    await app.workers.wait_for_complete()
-    await pilot.pause()
-    screen = app.chat_screen
-    assert screen.engine is not None
-    return screen
-
-
-async def type_and_send(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
-    prompt = pilot.app.query_one(PromptInput)
-    prompt.focus()
-    prompt.text = text
-    await pilot.press("enter")
-
-
-async def wait_reply(pilot) -> None:  # type: ignore[no-untyped-def]
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-    await pilot.pause()
-
-
-def only_conversation(store: ConversationStore):  # type: ignore[no-untyped-def]
-    rows = store.list_conversations()
-    assert len(rows) == 1
-    return store.get_conversation(rows[0].id)
 
 
 async def test_send_streams_and_saves(

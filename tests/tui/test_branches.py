@@ -12,15 +12,9 @@ from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
 from mixchat.tui.widgets.chat_view import AssistantBlock, UserBlock
 from tests.tui.conftest import AppFactory
-from tests.tui.helpers import only_conversation, ready, settle, type_and_send
+from tests.tui.helpers import only_conversation, ready, settle, type_and_send, wait_reply
 
 SIZE = (110, 36)
-
-
-async def wait_reply(pilot) -> None:  # type: ignore[no-untyped-def]
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-    await pilot.pause()
 
 
 def branch_labels(screen) -> list[str]:  # type: ignore[no-untyped-def]

@@ -22,8 +22,8 @@ from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
 from mixchat.tui.widgets.chat_view import AssistantBlock
 from tests.tui.conftest import AppFactory
+from tests.tui.helpers import ready, type_and_send, wait_reply
 from tests.tui.screen import screen_lines, screen_segments
-from tests.tui.test_app import ready, type_and_send, wait_reply
 
 pytestmark = pytest.mark.slow  # every answer of the corpus, streamed, in every theme
 

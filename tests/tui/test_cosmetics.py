@@ -14,8 +14,8 @@ from mixchat.tui.widgets.chat_view import AssistantBlock
 from mixchat.tui.widgets.code_stream import CodeFence
 from mixchat.tui.widgets.prompt_input import PromptInput, model_display_name
 from tests.tui.conftest import AppFactory
+from tests.tui.helpers import ready
 from tests.tui.screen import screen_lines, screen_text
-from tests.tui.test_app import ready
 from tests.tui.test_streaming_render import Host, settle, show
 
 

@@ -9,7 +9,8 @@ from mixchat.conversation import Conversation, Message, Role
 from mixchat.store import ConversationStore
 from mixchat.tui.widgets.sidebar import Sidebar
 from tests.tui.conftest import AppFactory
-from tests.tui.test_app import SIZE, ready
+from tests.tui.helpers import ready
+from tests.tui.test_app import SIZE
 
 
 async def test_opening_a_conversation_makes_it_the_last_used(

@@ -23,7 +23,7 @@ from mixchat.tui.widgets.chat_view import ChatView
 from mixchat.tui.widgets.prompt_input import PromptInput
 from mixchat.tui.widgets.sidebar import Sidebar
 from tests.tui.conftest import AppFactory
-from tests.tui.test_app import ready
+from tests.tui.helpers import ready
 
 SMALL = [(80, 24), (60, 20)]
 

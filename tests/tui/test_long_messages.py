@@ -14,8 +14,8 @@ from mixchat.tui.widgets import long_text
 from mixchat.tui.widgets.chat_view import AssistantBlock, UserBlock
 from mixchat.tui.widgets.long_text import MAX_SHOWN_BLOCKS, MAX_SHOWN_CHARS, markdown_head
 from tests.tui.conftest import AppFactory
+from tests.tui.helpers import ready, type_and_send, wait_reply
 from tests.tui.screen import screen_text
-from tests.tui.test_app import ready, type_and_send, wait_reply
 
 HUGE = {
     "one-word-160k": "word " * 160_000,

@@ -27,8 +27,8 @@ from mixchat.store import ConversationStore, StoreError
 from mixchat.tui.app import MixchatApp
 from mixchat.tui.screens.modals import ConfirmScreen, RenameScreen, SettingsScreen
 from tests.tui.conftest import AppFactory
+from tests.tui.helpers import ready, type_and_send, wait_reply
 from tests.tui.screen import screen_segments, screen_text
-from tests.tui.test_app import ready, type_and_send, wait_reply
 
 SENTINEL = "HOSTILE"
 VARIANTS = [

@@ -8,7 +8,7 @@ from textual.widgets import TextArea
 
 from mixchat.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import AppFactory
-from tests.tui.test_app import ready
+from tests.tui.helpers import ready
 
 PASTE = "\n".join(f"line {i} of a long paste into the message box" for i in range(20))
 

@@ -17,7 +17,8 @@ from mixchat.engine.base import GenerationParams
 from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
 from tests.tui.conftest import AppFactory
-from tests.tui.test_app import SIZE, ready, type_and_send, wait_reply
+from tests.tui.helpers import ready, type_and_send, wait_reply
+from tests.tui.test_app import SIZE
 
 SAVED = {"temperature": 0.1, "top_p": 0.5, "max_new_tokens": 64, "top_k": 7, "seed": 5}
 

@@ -16,8 +16,9 @@ from mixchat.store import ConversationStore
 from mixchat.tui.theme_files import ThemeError, parse_theme
 from mixchat.tui.widgets.chat_view import AssistantBlock
 from tests.tui.conftest import AppFactory
+from tests.tui.helpers import ready, type_and_send, wait_reply
 from tests.tui.screen import screen_text
-from tests.tui.test_app import SIZE, ready, type_and_send, wait_reply
+from tests.tui.test_app import SIZE
 
 BUILTIN = ["mixchat-dark", "mixchat-light", "mixchat-high-contrast"]
 TABLE = "| left | right | centre |\n|:-----|------:|:------:|\n| a | 1 | x |\n| bb | 22 | yy |\n"

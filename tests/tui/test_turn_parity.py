@@ -18,7 +18,8 @@ from mixchat.engine.scripted import ScriptedEngine
 from mixchat.store import ConversationStore
 from mixchat.tui.widgets.chat_view import AssistantBlock
 from tests.tui.conftest import AppFactory
-from tests.tui.test_app import SIZE, ready, type_and_send, wait_reply
+from tests.tui.helpers import ready, type_and_send, wait_reply
+from tests.tui.test_app import SIZE
 
 
 def _ask(monkeypatch: pytest.MonkeyPatch, engine: ScriptedEngine, *args: str) -> Any:
