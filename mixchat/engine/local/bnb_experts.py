@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
+from mixchat.engine.local.experts_base import QuantizedExpertsBase
 from mixchat.engine.local.sizes import BLOCKSIZE  # one absmax per 64 weights
 
 QUANT_TYPE = "nf4"
@@ -85,7 +86,7 @@ def _int8_state(bnb: Any, cb: torch.Tensor, scb: torch.Tensor) -> Any:
     return state
 
 
-class QuantizedMixtralExperts(nn.Module):
+class QuantizedMixtralExperts(QuantizedExpertsBase):
     """Drop-in for ``MixtralExperts`` whose expert weights are NF4 or int8.
 
     Per expert ``e``: ``gate_up`` is ``[w1; w3]`` (``[2*intermediate, hidden]``, gate rows first,
@@ -105,23 +106,10 @@ class QuantizedMixtralExperts(nn.Module):
         device: torch.device | str,
         double_quant: bool = True,
     ) -> None:
-        super().__init__()
-        from transformers.activations import ACT2FN
-
-        if mode not in ("4bit", "8bit"):
-            raise ValueError(f"mode must be '4bit' or '8bit', not {mode!r}")
-        self.num_experts = int(config.num_local_experts)
-        self.hidden_dim = int(config.hidden_size)
-        self.intermediate_dim = int(config.intermediate_size)
-        self.act_fn = ACT2FN[config.hidden_act]
-        self.mode = mode
+        super().__init__(config, mode)
         self.compute_dtype = compute_dtype
         self.double_quant = double_quant
         self.storage_device = torch.device(device)
-        self.shapes = {
-            "gate_up": (2 * self.intermediate_dim, self.hidden_dim),
-            "down": (self.hidden_dim, self.intermediate_dim),
-        }
         self.nested_blocksize = 256
         self._filled: set[tuple[str, int]] = set()
         self._bnb = import_bnb()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mixchat.engine.base import EngineError
+from mixchat.engine.local.experts_base import QuantizedExpertsBase
 from mixchat.engine.local.sizes import int4_group  # the group sizes, shared with the estimator
 
 KERNEL_DTYPE = torch.bfloat16  # activations and scales as the kernels take them
@@ -171,7 +172,7 @@ class CpuQuantizedLinear(nn.Module):
         return out.to(x.device, x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
-class CpuQuantizedExperts(nn.Module):
+class CpuQuantizedExperts(QuantizedExpertsBase):
     """Drop-in for ``MixtralExperts`` whose experts live in system RAM, int8 or int4.
 
     Per expert ``e``: ``gate_up`` is ``[w1; w3]`` (``[2*intermediate, hidden]``) and ``down``
@@ -182,20 +183,7 @@ class CpuQuantizedExperts(nn.Module):
     """
 
     def __init__(self, config: Any, mode: str) -> None:
-        super().__init__()
-        from transformers.activations import ACT2FN
-
-        if mode not in ("4bit", "8bit"):
-            raise ValueError(f"mode must be '4bit' or '8bit', not {mode!r}")
-        self.num_experts = int(config.num_local_experts)
-        self.hidden_dim = int(config.hidden_size)
-        self.intermediate_dim = int(config.intermediate_size)
-        self.act_fn = ACT2FN[config.hidden_act]
-        self.mode = mode
-        self.shapes = {
-            "gate_up": (2 * self.intermediate_dim, self.hidden_dim),
-            "down": (self.hidden_dim, self.intermediate_dim),
-        }
+        super().__init__(config, mode)
         self._filled: set[tuple[str, int]] = set()
 
     def extra_repr(self) -> str:
