@@ -151,8 +151,7 @@ class _CheckpointWriter:
             try:
                 if final is not None:
                     self._write_final(final)
-                    return
-                if text is not None and not self.deleted:
+                elif text is not None and not self.deleted:
                     self._store.checkpoint_reply(
                         self._message_id, text, conversation_id=self._conversation_id
                     )
@@ -167,6 +166,10 @@ class _CheckpointWriter:
                     if final is not None:
                         self.done.set()
                     self._cond.notify_all()
+            if final is not None:
+                # One try, whatever came of it: what ``finish`` reports must stay true, so
+                # nothing is written after it (a retry is a new writer's job).
+                return
 
     def _write_final(self, final: dict[str, Any]) -> None:
         if self.deleted:

@@ -135,13 +135,37 @@ def test_a_locked_database_does_not_hold_the_stream_back(store: ConversationStor
 
 
 @pytest.fixture
+def writer_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The thread of every checkpoint writer started in the test."""
+    threads: list[threading.Thread] = []
+
+    class Recorded(session._CheckpointWriter):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            threads.append(self._thread)
+
+    monkeypatch.setattr(session, "_CheckpointWriter", Recorded)
+    return threads
+
+
+def assert_writers_end(threads: list[threading.Thread]) -> None:
+    """Every checkpoint writer's thread ends (bounded wait)."""
+    assert threads
+    for thread in threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in threads), "a writer went on after its final write"
+
+
+@pytest.fixture
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """A store that gives up on a lock after ~3 s (0.2 s waits, six tries) instead of ~3 min."""
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.2)
 
 
 @pytest.mark.usefixtures("short_busy_timeout")
-def test_a_lock_that_outlasts_the_reply_is_reported_exactly() -> None:
+def test_a_lock_that_outlasts_the_reply_is_reported_exactly(
+    writer_threads: list[threading.Thread],
+) -> None:
     with ConversationStore.open() as store:
         conv_id = new_chat(store)
         recorder = ReplyRecorder(store, conv_id)
@@ -156,6 +180,9 @@ def test_a_lock_that_outlasts_the_reply_is_reported_exactly() -> None:
         seen: list[str] = []
         with pytest.raises(ReplyNotSaved) as info:
             run(store, recorder, engine, seen)
+        # Reported means done: the writer has stopped trying, so the report stays true
+        # once the lock goes (it used to retry the final write until it got through).
+        assert_writers_end(writer_threads)
         lock.release()
         assert "".join(seen) == "saved early. never saved"  # all of it was shown
         message = str(info.value)
@@ -225,6 +252,39 @@ def test_a_store_that_fails_for_good_stops_the_reply(
         run(store, recorder, engine, seen)
     assert len(seen) < 20  # stopped at the failure, not at the end
     assert recorder.outcome.not_saved is not None and "disk is full" in recorder.outcome.not_saved
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        StoreError("cannot write: the disk is full"),
+        StoreError("attempt to write a readonly database"),
+        RuntimeError("the store was closed"),
+    ],
+    ids=["disk-full", "read-only", "closed"],
+)
+def test_a_failed_final_save_is_tried_once_and_the_writer_ends(
+    store: ConversationStore,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    writer_threads: list[threading.Thread],
+) -> None:
+    """A final write that fails is reported, not retried in a loop behind the report's back
+    (the writer used to spin on it for as long as the process lived)."""
+    conv_id = new_chat(store)
+    recorder = ReplyRecorder(store, conv_id)
+    tries: list[str] = []
+
+    def fails(*args: object, **kwargs: object) -> None:
+        tries.append(str(kwargs.get("content")))
+        raise failure
+
+    monkeypatch.setattr(store, "finish_reply", fails)
+    with pytest.raises(StoreError):
+        run(store, recorder, Engine(["a", "b"]), [])
+    assert_writers_end(writer_threads)
+    assert tries == ["ab"]
+    assert not recorder.saved
 
 
 def test_without_a_store_nothing_is_written(store: ConversationStore) -> None:
