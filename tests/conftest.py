@@ -8,12 +8,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 # CI runs every example, the same ones every time (a failure there is reproducible); local
 # runs try fewer, new ones each time (the fast loop). HYPOTHESIS_PROFILE=ci locally runs CI's.
-hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, max_examples=100)
-hypothesis_settings.register_profile("dev", deadline=None, max_examples=15)
+# No timing checks in either (a shared machine is slow at times; speed is for benchmarks/).
+_UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+hypothesis_settings.register_profile("ci", derandomize=True, max_examples=100, **_UNTIMED)
+hypothesis_settings.register_profile("dev", max_examples=15, **_UNTIMED)
 hypothesis_settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )

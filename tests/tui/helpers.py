@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from textual import events
@@ -49,10 +50,11 @@ async def wait_reply(pilot: Pilot[None]) -> None:
 
 async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str) -> None:
     """Let the app handle its messages until ``condition`` holds (posted from a thread)."""
-    for _ in range(500):
+    deadline = time.monotonic() + 60  # by the clock: a loaded machine is slow at times
+    while time.monotonic() < deadline:
         if condition():
             return
-        await pilot.pause()
+        await pilot.pause(0.01)
     raise AssertionError(f"never happened: {what}")
 
 

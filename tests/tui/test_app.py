@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -457,7 +458,8 @@ async def test_settings_modal_saves_per_conversation(
 
 async def _copied(pilot: Pilot[None], app: MixchatApp, count: int) -> list[str]:
     """The copy notifications, once ``count`` have arrived (copies run on a thread)."""
-    for _ in range(200):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         notes = [n.message for n in app._notifications if "opied" in n.message]
         if len(notes) >= count:
             return notes
