@@ -104,4 +104,7 @@ async def test_the_status_bar_shows_a_real_download_in_bytes(
     assert {event.total for event in seen} == {total}
     # e.g. "loading download 14.5 MB/21.3 MB (68%) · 50.2 MB/s, 0 s left · model.safetensors"
     assert shown[0].startswith("loading download ") and " MB/s, " in shown[0], shown
-    assert shown[0].endswith("· model.safetensors"), shown
+    # The file named is the one that wrote last: files download two at a time, so it is
+    # the held weights or a small file that finished meanwhile (tokenizer.json).
+    names = {p.name for p in tiny_model.iterdir() if p.is_file()}
+    assert shown[0].rsplit(" · ", 1)[1] in names, shown
