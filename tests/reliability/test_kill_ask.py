@@ -47,6 +47,9 @@ class Kill:
     streamed: bytes = b""
     streamed_for_s: float = 0.0
     finished: bool = False  # the random model said </s> before the kill came
+    # The reply was saved complete: finished, or ended (EOS) in the moment between its last
+    # write and the kill landing (the process had not exited yet). Set by _check.
+    reply_complete: bool = False
 
 
 @dataclass
@@ -152,6 +155,7 @@ def _check(db: Path, kill: Kill) -> None:
         # the kill landing: a complete reply, exactly what was printed.
         assert after[0]["status"] == "complete"
         assert after[0]["content"].encode() == kill.streamed
+        kill.reply_complete = True
     elif after and after[0]["role"] == "assistant":
         reply = after[0]
         assert reply["status"] == "interrupted", dict(reply)
@@ -258,4 +262,6 @@ def test_kill_9_at_random_moments_while_asking(
         (asked,) = rows(db, "SELECT * FROM messages WHERE content = ?", (question,))
         assert asked["status"] == "complete"
     new = rows(db, "SELECT count(*) FROM messages WHERE status = 'complete' AND role = 'assistant'")
-    assert new[0][0] == 2 + finished  # every other reply was killed
+    # Every other reply was killed before it completed.
+    complete = sum(k.reply_complete for lane in lanes for k in lane.kills + lane.finished)
+    assert new[0][0] == 2 + complete
