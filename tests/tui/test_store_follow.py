@@ -3,6 +3,7 @@ process (here: a second store connection) show up without searching or reopening
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
@@ -19,6 +20,14 @@ from tests.tui.conftest import AppFactory
 from tests.tui.helpers import ready, settle, type_and_send, until
 
 SIZE = (110, 36)
+
+
+@pytest.fixture(autouse=True)
+def no_poll_between_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll does not tick by itself here (a test that wants it sets it): these tests
+    call ``store_sync.check()`` or act at chosen moments, and a tick on a slow machine
+    between a write elsewhere and the next step would change what they test."""
+    monkeypatch.setattr(chat_sync, "STORE_POLL_S", 3600)
 
 
 @pytest.fixture
@@ -145,14 +154,16 @@ async def test_a_streaming_reply_is_not_disturbed(
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
-        await type_and_send(pilot, "long question")
-        await pilot.pause()
-        assert screen.generating
-        block = screen.query(AssistantBlock).last()
-        ask_elsewhere(other, screen.conversation.id, "meanwhile", "elsewhere")  # type: ignore[union-attr]
-        await screen.store_sync.check()  # while the reply streams: the view waits
-        assert shown(screen) == ["long question", "streamed "]
-        gate.set()
+        try:
+            await type_and_send(pilot, "long question")
+            await until(pilot, lambda: screen.streaming_text == "streamed ", "the first piece")
+            assert screen.generating
+            block = screen.query(AssistantBlock).last()
+            ask_elsewhere(other, screen.conversation.id, "meanwhile", "elsewhere")  # type: ignore[union-attr]
+            await screen.store_sync.check()  # while the reply streams: the view waits
+            assert shown(screen) == ["long question", "streamed "]
+        finally:
+            gate.set()
         await settle(pilot)
         assert screen.query(AssistantBlock).first() is block  # the streamed block stays
         assert shown(screen) == ["long question", "streamed to the end", "meanwhile", "elsewhere"]
@@ -217,3 +228,42 @@ async def test_a_message_to_a_conversation_deleted_elsewhere_waits_in_the_box(
         assert store.list_conversations() == [] and engine.requests == []
         assert screen.query_one(PromptInput).text == "a follow-up"
         assert any("deleted elsewhere" in n.message for n in app._notifications)
+
+
+async def test_a_poll_under_way_when_the_user_sends_shows_each_turn_once(
+    make_app: AppFactory,
+    engine: ScriptedEngine,
+    store: ConversationStore,
+    other: ConversationStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer's poll runs beside the send: one that is still drawing the turn added
+    elsewhere when Enter is pressed must not let the send draw it a second time."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await type_and_send(pilot, "first")
+        await settle(pilot)
+        ask_elsewhere(other, screen.conversation.id, "hidden?", "not any more")  # type: ignore[union-attr]
+        release = asyncio.Event()
+        follow = screen.shown.follow
+
+        async def slow_follow(messages):  # type: ignore[no-untyped-def]
+            await release.wait()
+            return await follow(messages)
+
+        monkeypatch.setattr(screen.shown, "follow", slow_follow)
+        tick = asyncio.create_task(screen.store_sync.check())  # the timer's, held mid-way
+        await pilot.pause()
+        # Enter is pressed while the tick draws (the press returns once the send is done).
+        sending = asyncio.create_task(type_and_send(pilot, "second"))
+        await asyncio.sleep(0.5)
+        release.set()
+        await tick
+        await sending
+        await settle(pilot)
+        expected = ["first", "echo: first", "hidden?", "not any more", "second"]
+        assert [m.content for m in engine.requests[-1][0]] == expected
+        assert shown(screen) == [*expected, "echo: second"]
+        saved = store.get_conversation(screen.conversation.id)  # type: ignore[union-attr]
+        assert [m.content for m in saved.messages] == shown(screen)

@@ -178,37 +178,40 @@ class ConversationController:
         if self._busy():
             return
         editing, open_before = screen.edit.pending is not None, self.conversation is not None
-        await screen.store_sync.check()  # the prompt never holds a turn the view does not show
-        if (editing and screen.edit.pending is None) or (open_before and self.conversation is None):
-            return  # changed or deleted under the user's eyes: the text waits in the box
-        files = screen.attachments.files
-        content = attachments.compose_message(text, files)
-        message = Message(Role.USER, content, attachments=[f.record() for f in files])
-        edit = screen.edit.pending
-        turn = self.turn()
-        if edit is not None and self.conversation is not None:
-            turn.ask(message, replacing=edit.message_id)
-            screen.edit.end(restore_draft=False)
-            await screen.shown.drop_from(edit.index)
-        else:
-            if not self._fits(turn, message):
-                return
-            turn.ask(message, title=attachments.title_for(text, files))
-        screen.attachments.sent()
-        if self.conversation is None:
-            self.new_settings = {}
-            assert turn.conversation is not None
-            screen.sidebar.current_id = turn.conversation.id
-        self.conversation = turn.conversation
-        screen.prompt.take(text)
-        if edit is not None:  # what the box held before the edit comes back
-            screen.prompt.recall(edit.draft + screen.prompt.text)
-        await screen.chat.add_user(content)
-        screen.shown.appended(message)
-        screen.sidebar.reload()
-        screen.status.reset(screen.status.context_used)
-        self.count_context()
-        await self._answer()
+        # The prompt never holds a turn the view does not show.
+        async with screen.store_sync.caught_up():
+            if (editing and screen.edit.pending is None) or (
+                open_before and self.conversation is None
+            ):
+                return  # changed or deleted under the user's eyes: the text waits in the box
+            files = screen.attachments.files
+            content = attachments.compose_message(text, files)
+            message = Message(Role.USER, content, attachments=[f.record() for f in files])
+            edit = screen.edit.pending
+            turn = self.turn()
+            if edit is not None and self.conversation is not None:
+                turn.ask(message, replacing=edit.message_id)
+                screen.edit.end(restore_draft=False)
+                await screen.shown.drop_from(edit.index)
+            else:
+                if not self._fits(turn, message):
+                    return
+                turn.ask(message, title=attachments.title_for(text, files))
+            screen.attachments.sent()
+            if self.conversation is None:
+                self.new_settings = {}
+                assert turn.conversation is not None
+                screen.sidebar.current_id = turn.conversation.id
+            self.conversation = turn.conversation
+            screen.prompt.take(text)
+            if edit is not None:  # what the box held before the edit comes back
+                screen.prompt.recall(edit.draft + screen.prompt.text)
+            await screen.chat.add_user(content)
+            screen.shown.appended(message)
+            screen.sidebar.reload()
+            screen.status.reset(screen.status.context_used)
+            self.count_context()
+            await self._answer()
 
     def _fits(self, turn: Turn, message: Message) -> bool:
         """Check, where the loaded engine can tell, that the prompt with ``message`` fits
@@ -256,30 +259,33 @@ class ConversationController:
         screen = self.screen
         if self._busy():
             return
-        await screen.store_sync.check()
-        conv = self.conversation
-        index = last_user_index(conv.messages) if conv is not None else None
-        if conv is None or index is None:
-            screen.notify(
-                "Nothing to regenerate: no message of yours to answer.", severity="warning"
-            )
-            return
-        if screen.model_error is not None:
-            screen.notify("No model is loaded: nothing was changed.", severity="warning")
-            return
-        screen.edit.end(restore_draft=True)
-        if screen.engine is None:
-            self.pending = self.regenerate  # nothing is dropped before it can answer
-            screen.status.reply_state = ReplyState.WAITING
-            return
-        turn = self.turn()
-        turn.again(conv.messages[index])
-        if turn.conversation is not None and len(turn.conversation.messages) < len(conv.messages):
-            await screen.shown.drop_from(index + 1)
-        self.conversation = turn.conversation
-        screen.status.reset(screen.status.context_used)
-        self.count_context()  # without the dropped answer
-        await self.answer(turn)
+        # The prompt never holds a turn the view does not show.
+        async with screen.store_sync.caught_up():
+            conv = self.conversation
+            index = last_user_index(conv.messages) if conv is not None else None
+            if conv is None or index is None:
+                screen.notify(
+                    "Nothing to regenerate: no message of yours to answer.", severity="warning"
+                )
+                return
+            if screen.model_error is not None:
+                screen.notify("No model is loaded: nothing was changed.", severity="warning")
+                return
+            screen.edit.end(restore_draft=True)
+            if screen.engine is None:
+                self.pending = self.regenerate  # nothing is dropped before it can answer
+                screen.status.reply_state = ReplyState.WAITING
+                return
+            turn = self.turn()
+            turn.again(conv.messages[index])
+            if turn.conversation is not None and len(turn.conversation.messages) < len(
+                conv.messages
+            ):
+                await screen.shown.drop_from(index + 1)
+            self.conversation = turn.conversation
+            screen.status.reset(screen.status.context_used)
+            self.count_context()  # without the dropped answer
+            await self.answer(turn)
 
     @notify_store_errors
     async def continue_reply(self) -> None:
@@ -288,29 +294,32 @@ class ConversationController:
         screen = self.screen
         if self._busy():
             return
-        await screen.store_sync.check()
-        conv = self.conversation
-        last = conv.messages[-1] if conv is not None and conv.messages else None
-        if last is None or last.role is not Role.ASSISTANT or not last.content:
-            screen.notify(
-                "No answer to continue: the conversation must end with one.", severity="warning"
-            )
-            return
-        if last.status is Status.COMPLETE and last.finish_reason != "length":
-            key = keymap_of(screen).say("regenerate")
-            screen.notify(f"The last answer is complete; {key} answers again.", severity="warning")
-            return
-        if screen.engine is None:
-            screen.notify(
-                "No model is loaded: nothing can continue the answer.", severity="warning"
-            )
-            return
-        assert conv is not None
-        turn = self.turn()
-        turn.continue_reply(last)
-        screen.edit.end(restore_draft=True)
-        await screen.shown.drop_from(len(conv.messages) - 1)  # it is streamed again, longer
-        await self.answer(turn)
+        # The prompt never holds a turn the view does not show.
+        async with screen.store_sync.caught_up():
+            conv = self.conversation
+            last = conv.messages[-1] if conv is not None and conv.messages else None
+            if last is None or last.role is not Role.ASSISTANT or not last.content:
+                screen.notify(
+                    "No answer to continue: the conversation must end with one.", severity="warning"
+                )
+                return
+            if last.status is Status.COMPLETE and last.finish_reason != "length":
+                key = keymap_of(screen).say("regenerate")
+                screen.notify(
+                    f"The last answer is complete; {key} answers again.", severity="warning"
+                )
+                return
+            if screen.engine is None:
+                screen.notify(
+                    "No model is loaded: nothing can continue the answer.", severity="warning"
+                )
+                return
+            assert conv is not None
+            turn = self.turn()
+            turn.continue_reply(last)
+            screen.edit.end(restore_draft=True)
+            await screen.shown.drop_from(len(conv.messages) - 1)  # it is streamed again, longer
+            await self.answer(turn)
 
     def edit_last(self) -> None:
         """Put the last user message back in the input; nothing is dropped until it is sent."""

@@ -8,6 +8,9 @@ moves only when another connection commits, and costs no disk read, so it is pol
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from mixchat.store import NotFoundError, StoreError
@@ -25,6 +28,9 @@ class StoreSync:
     def __init__(self, screen: ChatScreen) -> None:
         self.screen = screen
         self._version: int | None = None
+        # One change of the view at a time: a poll that lands while a send (or another
+        # poll) is bringing the view up to date would show the same turn twice.
+        self._lock = asyncio.Lock()
 
     def start(self) -> None:
         """Take the store's current state as seen, and poll from now on."""
@@ -36,7 +42,23 @@ class StoreSync:
 
     async def check(self) -> None:
         """Follow what other processes wrote: the list, and the open conversation (after
-        the reply, if one streams: the reply's end brings the view up to date)."""
+        the reply, if one streams: the reply's end brings the view up to date). A poll
+        that finds the view being changed leaves it to the next one."""
+        if self._lock.locked():
+            return
+        async with self._lock:
+            await self._check()
+
+    @contextlib.asynccontextmanager
+    async def caught_up(self) -> AsyncIterator[None]:
+        """For an action that changes the conversation (send, regenerate, continue): wait
+        for a poll under way, bring the view up to date, and hold the poll off until the
+        action has shown what it did."""
+        async with self._lock:
+            await self._check()
+            yield
+
+    async def _check(self) -> None:
         screen = self.screen
         try:
             version = screen.store.data_version()
