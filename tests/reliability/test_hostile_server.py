@@ -95,8 +95,8 @@ def test_a_dripping_server_times_out_in_one_line_keeping_the_text(
     server: HostileServer, mixchat_home: Path
 ) -> None:
     server.plan = [h.drip(h.chunk("never"), 0.05, first=[h.chunk("Partial")])]
-    result = ask(server, "hi", env={"MIXCHAT_SERVER_IDLE_TIMEOUT_S": "1"})
-    assert_one_line_error(result, 1, "sent no data for 1s", "server_idle_timeout_s")
+    result = ask(server, "hi", env={"MIXCHAT_SERVER_IDLE_TIMEOUT_S": "2"})
+    assert_one_line_error(result, 1, "sent no data for 2s", "server_idle_timeout_s")
     assert result.out == "Partial"
     assert last_reply(mixchat_home) == ("Partial", "error")
     integrity(database(mixchat_home))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from textual.app import App
 
 from mixchat.config import Settings, save_setting
 from mixchat.engine.scripted import ScriptedEngine
@@ -13,6 +14,19 @@ from mixchat.tui.app import MixchatApp
 from mixchat.tui.keymap import Keymap
 
 AppFactory = Callable[..., MixchatApp]
+
+
+@pytest.fixture(autouse=True)
+def notifications_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notifications stay until the test ends: tests count them, and on a slow machine the
+    steps between two can take longer than a notification's few seconds on screen."""
+    notify = App.notify
+
+    def lasting(self: App[object], message: str, **kwargs: object) -> None:
+        kwargs["timeout"] = 3600
+        notify(self, message, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(App, "notify", lasting)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from mixchat.tui.widgets import sidebar as sidebar_module
 from mixchat.tui.widgets.chat_view import AssistantBlock, UserBlock
 from mixchat.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import AppFactory
-from tests.tui.helpers import only_conversation, ready, type_and_send, wait_reply
+from tests.tui.helpers import only_conversation, ready, type_and_send, until, wait_reply
 
 SIZE = (110, 36)
 
@@ -75,7 +75,7 @@ async def test_escape_stops_and_keeps_partial(
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await type_and_send(pilot, "Tell me")
-        await pilot.pause()
+        await until(pilot, lambda: screen.streaming_text == "partial ", "the first piece")
         # The input stays usable while the answer streams.
         await pilot.press("x", "y")
         assert app.query_one(PromptInput).text == "xy"
@@ -391,20 +391,22 @@ async def test_message_sent_while_loading_waits_for_model(
 
     class Slow(ScriptedEngine):
         def load(self):  # type: ignore[no-untyped-def]
-            release.wait(10)
+            release.wait(600)  # set by the test (always: see below)
             yield from super().load()
 
     slow = Slow()
     slow.queue("answered after loading")
     app = make_app(engine_factory=lambda _s: slow)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        screen = app.chat_screen
-        await type_and_send(pilot, "early bird")
-        await pilot.pause()
-        assert screen.waiting_for_model
-        assert only_conversation(store).messages[0].content == "early bird"
-        release.set()
+        try:
+            await pilot.pause()
+            screen = app.chat_screen
+            await type_and_send(pilot, "early bird")
+            await pilot.pause()
+            assert screen.waiting_for_model
+            assert only_conversation(store).messages[0].content == "early bird"
+        finally:
+            release.set()
         await app.wait_for_model()
         await wait_reply(pilot)
         assert [m.content for m in only_conversation(store).messages] == [
@@ -550,7 +552,7 @@ async def test_quit_while_streaming_saves_partial_as_stopped(
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await type_and_send(pilot, "long one")
-        await pilot.pause()
+        await until(pilot, lambda: screen.streaming_text == "so far ", "the first piece")
         assert screen.generating
         await pilot.press("ctrl+q")
         await app.workers.wait_for_complete()

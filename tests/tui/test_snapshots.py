@@ -57,6 +57,14 @@ async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
     await pilot.app.wait_for_model()
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+    await _still(pilot)
+
+
+async def _still(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Cursors that do not blink: a shot taken half a second later (a slow machine) shows
+    the same screen."""
+    for widget in pilot.app.screen.query("TextArea, Input"):
+        widget.cursor_blink = False
     await pilot.pause()
 
 
@@ -120,7 +128,7 @@ def test_settings_at_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def
     async def open_settings(pilot) -> None:  # type: ignore[no-untyped-def]
         await _settle(pilot)
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await _still(pilot)
 
     assert snap_compare(_rich_app("mixchat-dark"), terminal_size=(80, 24), run_before=open_settings)
 
@@ -138,6 +146,6 @@ def test_help_screen(snap_compare) -> None:  # type: ignore[no-untyped-def]
     async def open_help(pilot) -> None:  # type: ignore[no-untyped-def]
         await _settle(pilot)
         await pilot.press("f1")
-        await pilot.pause()
+        await _still(pilot)
 
     assert snap_compare(_app("mixchat-dark"), terminal_size=(110, 40), run_before=open_help)

@@ -84,14 +84,15 @@ async def test_live_speed_while_streaming(make_app: AppFactory, engine: Scripted
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
-        await type_and_send(pilot, "count")
-        await pilot.pause()
-        await pilot.pause()
-        assert screen.generating
-        speed = screen.status.tokens_per_s
-        assert speed is not None and speed > 0
-        assert "tok/s" in str(screen.status.render())
-        gate.set()
+        try:
+            await type_and_send(pilot, "count")
+            await until(pilot, lambda: screen.status.tokens_per_s is not None, "a speed")
+            assert screen.generating
+            speed = screen.status.tokens_per_s
+            assert speed is not None and speed > 0
+            assert "tok/s" in str(screen.status.render())
+        finally:
+            gate.set()
         await settle(pilot)
 
 
@@ -105,8 +106,8 @@ async def test_a_new_or_other_conversation_starts_with_a_clean_status(
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await type_and_send(pilot, "tell me")
-        await pilot.pause()
-        await pilot.pause()
+        await until(pilot, lambda: screen.streaming_text == "partial answer ", "two pieces")
+        await until(pilot, lambda: screen.status.tokens_per_s is not None, "a speed")
         await pilot.press("escape")
         await settle(pilot)
         status = screen.status

@@ -123,7 +123,7 @@ def test_a_tool_that_hangs_is_stopped_by_the_timeout(bin_dir: Path) -> None:
     fake_tool(bin_dir, "xclip", "exec sleep 60")
     record = fake_tool(bin_dir, "xsel")
     # The timeout is per tool: long enough for the quick one to start on a loaded machine.
-    copied = copy_text(TEXT, "it", "system", env(bin_dir, DISPLAY=":0"), Osc52(), timeout=3)
+    copied = copy_text(TEXT, "it", "system", env(bin_dir, DISPLAY=":0"), Osc52(), timeout=8)
     assert copied.method == "xsel" and record.read_bytes() == TEXT.encode()
 
 

@@ -660,7 +660,7 @@ text = ""
 while True:  # stream until killed
     text += "token%d " % len(text)
     s.checkpoint_reply(reply.id, text)
-    if len(text) < 12:
+    if text == "token0 token7 ":  # the second checkpoint is in: say so once
         print("streaming", flush=True)
 """
 

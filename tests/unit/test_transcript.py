@@ -191,7 +191,7 @@ def test_message_created_at_zero_survives_round_trip() -> None:
 @settings(
     max_examples=examples(60),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(conv=conversations)
 def test_store_round_trip_keeps_messages(conv: Conversation) -> None:
