@@ -84,23 +84,6 @@ async def test_a_turn_added_elsewhere_is_shown(
         assert [m.content for m in engine.requests[-1][0]] == shown(screen)[:-1]
 
 
-async def test_sending_first_catches_up_with_the_store(
-    make_app: AppFactory, engine: ScriptedEngine, store: ConversationStore, other: ConversationStore
-) -> None:
-    """Even before the next poll, the prompt never holds a turn the view does not show."""
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
-        await type_and_send(pilot, "first")
-        await settle(pilot)
-        ask_elsewhere(other, screen.conversation.id, "hidden?", "not any more")  # type: ignore[union-attr]
-        await type_and_send(pilot, "second")
-        await settle(pilot)
-        expected = ["first", "echo: first", "hidden?", "not any more", "second"]
-        assert [m.content for m in engine.requests[-1][0]] == expected
-        assert shown(screen) == [*expected, "echo: second"]
-
-
 async def test_the_list_follows_new_renamed_and_deleted_conversations(
     make_app: AppFactory, store: ConversationStore, other: ConversationStore
 ) -> None:
@@ -230,15 +213,18 @@ async def test_a_message_to_a_conversation_deleted_elsewhere_waits_in_the_box(
         assert any("deleted elsewhere" in n.message for n in app._notifications)
 
 
-async def test_a_poll_under_way_when_the_user_sends_shows_each_turn_once(
+@pytest.mark.parametrize("poll_under_way", [False, True], ids=["no-poll", "poll-under-way"])
+async def test_sending_first_catches_up_with_the_store(
     make_app: AppFactory,
     engine: ScriptedEngine,
     store: ConversationStore,
     other: ConversationStore,
     monkeypatch: pytest.MonkeyPatch,
+    poll_under_way: bool,
 ) -> None:
-    """The timer's poll runs beside the send: one that is still drawing the turn added
-    elsewhere when Enter is pressed must not let the send draw it a second time."""
+    """Even before the next poll, the prompt never holds a turn the view does not show. The
+    timer's poll runs beside the send: one still drawing the turn added elsewhere when
+    Enter is pressed must not let the send draw it a second time."""
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
@@ -246,20 +232,23 @@ async def test_a_poll_under_way_when_the_user_sends_shows_each_turn_once(
         await settle(pilot)
         ask_elsewhere(other, screen.conversation.id, "hidden?", "not any more")  # type: ignore[union-attr]
         release = asyncio.Event()
-        follow = screen.shown.follow
+        tick = None
+        if poll_under_way:
+            follow = screen.shown.follow
 
-        async def slow_follow(messages):  # type: ignore[no-untyped-def]
-            await release.wait()
-            return await follow(messages)
+            async def slow_follow(messages):  # type: ignore[no-untyped-def]
+                await release.wait()
+                return await follow(messages)
 
-        monkeypatch.setattr(screen.shown, "follow", slow_follow)
-        tick = asyncio.create_task(screen.store_sync.check())  # the timer's, held mid-way
-        await pilot.pause()
-        # Enter is pressed while the tick draws (the press returns once the send is done).
+            monkeypatch.setattr(screen.shown, "follow", slow_follow)
+            tick = asyncio.create_task(screen.store_sync.check())  # the timer's, held mid-way
+            await pilot.pause()
+        # Enter is pressed (while the tick draws); the press returns once the send is done.
         sending = asyncio.create_task(type_and_send(pilot, "second"))
         await asyncio.sleep(0.5)
         release.set()
-        await tick
+        if tick is not None:
+            await tick
         await sending
         await settle(pilot)
         expected = ["first", "echo: first", "hidden?", "not any more", "second"]
