@@ -3,9 +3,13 @@
 Another window or ``mixchat ask -c`` can add to, cut or rewrite the open conversation.
 The view is brought up to date with what the store holds by redrawing only from the
 first message that differs, so a long conversation is not drawn again for one new turn.
+Each redraw is whole before the next begins (the store's poll, a reply's end and the user's
+actions all redraw, from separate tasks): two never both draw the same new turn.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from mixchat.conversation import Message, Role, Status
 from mixchat.prompt import prompt_messages
@@ -24,12 +28,17 @@ class ShownConversation:
     def __init__(self, chat: ChatView) -> None:
         self._chat = chat
         self._shown: list[Shown] = []
+        self._drawing = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._shown)
 
     async def show(self, messages: list[Message]) -> None:
         """Draw ``messages`` anew."""
+        async with self._drawing:
+            await self._show(messages)
+
+    async def _show(self, messages: list[Message]) -> None:
         await self._chat.show_conversation(messages)
         self._shown = [_key(m) for m in messages]
 
@@ -45,12 +54,17 @@ class ShownConversation:
 
     async def drop_from(self, index: int) -> None:
         """Remove the messages from ``index`` on (regenerate, an edit resent)."""
-        await self._chat.remove_last(max(0, len(self._shown) - index))
-        del self._shown[index:]
+        async with self._drawing:
+            await self._chat.remove_last(max(0, len(self._shown) - index))
+            del self._shown[index:]
 
     async def follow(self, messages: list[Message]) -> bool:
         """Show ``messages`` (the store's), redrawing from the first that differs.
         True if anything changed."""
+        async with self._drawing:
+            return await self._follow(messages)
+
+    async def _follow(self, messages: list[Message]) -> bool:
         fresh = [_key(m) for m in messages]
         if fresh == self._shown:
             return False
@@ -61,7 +75,7 @@ class ShownConversation:
             same += 1
         stale = len(self._shown) - same
         if stale > len(self._chat.query(".message")):  # the change is among undrawn ones
-            await self.show(messages)
+            await self._show(messages)
             return True
         await self._chat.remove_last(stale)
         await self._chat.add_messages(messages[same:])

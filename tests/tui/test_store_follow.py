@@ -256,3 +256,22 @@ async def test_sending_first_catches_up_with_the_store(
         assert shown(screen) == [*expected, "echo: second"]
         saved = store.get_conversation(screen.conversation.id)  # type: ignore[union-attr]
         assert [m.content for m in saved.messages] == shown(screen)
+
+
+async def test_two_redraws_at_once_draw_a_new_turn_once(
+    make_app: AppFactory, store: ConversationStore, other: ConversationStore
+) -> None:
+    """The poll, a reply's end and the user's actions redraw from separate tasks: two that
+    overlap (both find the same turn missing) must not both draw it."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await type_and_send(pilot, "first")
+        await settle(pilot)
+        conv_id = screen.conversation.id  # type: ignore[union-attr]
+        ask_elsewhere(other, conv_id, "hidden?", "not any more")
+        messages = store.get_conversation(conv_id).messages
+        changed = await asyncio.gather(*(screen.shown.follow(messages) for _ in range(3)))
+        await settle(pilot)
+        assert sorted(changed) == [False, False, True]
+        assert shown(screen) == ["first", "echo: first", "hidden?", "not any more"]
