@@ -45,6 +45,15 @@ def ask_elsewhere(other: ConversationStore, conv_id: str, question: str, answer:
     other.finish_reply(reply.id, answer, Status.COMPLETE)  # type: ignore[arg-type]
 
 
+async def answered_then_added_elsewhere(pilot, other: ConversationStore):  # type: ignore[no-untyped-def]
+    """The app answers "first"; then `ask -c` adds "hidden?" and its answer elsewhere."""
+    screen = await ready(pilot)
+    await type_and_send(pilot, "first")
+    await settle(pilot)
+    ask_elsewhere(other, screen.conversation.id, "hidden?", "not any more")
+    return screen
+
+
 def shown(screen) -> list[str]:  # type: ignore[no-untyped-def]
     return [b.source for b in screen.query(".message")]
 
@@ -227,10 +236,7 @@ async def test_sending_first_catches_up_with_the_store(
     Enter is pressed must not let the send draw it a second time."""
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
-        await type_and_send(pilot, "first")
-        await settle(pilot)
-        ask_elsewhere(other, screen.conversation.id, "hidden?", "not any more")  # type: ignore[union-attr]
+        screen = await answered_then_added_elsewhere(pilot, other)
         release = asyncio.Event()
         tick = None
         if poll_under_way:
@@ -265,12 +271,8 @@ async def test_two_redraws_at_once_draw_a_new_turn_once(
     overlap (both find the same turn missing) must not both draw it."""
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
-        await type_and_send(pilot, "first")
-        await settle(pilot)
-        conv_id = screen.conversation.id  # type: ignore[union-attr]
-        ask_elsewhere(other, conv_id, "hidden?", "not any more")
-        messages = store.get_conversation(conv_id).messages
+        screen = await answered_then_added_elsewhere(pilot, other)
+        messages = store.get_conversation(screen.conversation.id).messages  # type: ignore[union-attr]
         changed = await asyncio.gather(*(screen.shown.follow(messages) for _ in range(3)))
         await settle(pilot)
         assert sorted(changed) == [False, False, True]
